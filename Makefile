@@ -1,0 +1,36 @@
+# Two-command quickstart: `make repro` (set up + run the pipeline), `make test` (set up + tests).
+# Setup is venv + pip from pyproject.toml (single source of dependencies, exact pins).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup sandbox-deps test repro clean-smoke
+
+setup: $(STAMP) sandbox-deps
+
+# Reinstall whenever pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev]"
+	-git rev-parse --git-dir >/dev/null 2>&1 && $(BIN)/nbstripout --install
+	touch $(STAMP)
+
+# bubblewrap isolates model-written code (see src/sml/sandbox.py). Installed when we can (root + apt);
+# otherwise the sandbox falls back to a weaker mode and warns loudly.
+sandbox-deps:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null \
+	      || echo "WARNING: could not install bubblewrap; the code sandbox will run in its weak mode"; \
+	  else echo "WARNING: bubblewrap (bwrap) missing: install it (e.g. sudo apt-get install bubblewrap)" \
+	            "or the code sandbox runs in its weak mode"; fi; }
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+repro: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+clean-smoke:
+	rm -rf runs/smoke

@@ -1,0 +1,121 @@
+import ast
+import json
+
+import pytest
+
+from sml import tasks
+from sml.tasks import toy_code, toy_math
+from sml.tasks.schema import make_task, prompt_for, validate_task
+from sml.verify import verify
+
+PARAMS = dict(seed=0, sources=["toy_math", "toy_code", "humaneval"], hub_dir="", n_train=30, n_eval=10,
+              math_generator="basic_arithmetic", math_min_terms=2, math_max_terms=3, math_min_digits=1,
+              math_max_digits=2, code_families=["int", "list", "str"], code_min_steps=1, code_max_steps=2,
+              code_n_tests=5)
+
+
+def test_generators_are_deterministic_and_distinct():
+    for generate in (toy_math.generate, toy_code.generate):
+        a, b, c = generate(50, seed=1), generate(50, seed=1), generate(50, seed=2)
+        assert a == b and a != c
+        assert len({t["prompt"] for t in a}) == 50
+
+
+def test_every_record_fits_the_schema():
+    for task in toy_math.generate(20, 0) + toy_code.generate(20, 0):
+        validate_task(task)
+        assert set(task) == set(tasks.FEATURES)
+        json.loads(task["metadata"])
+
+
+def test_reference_solutions_pass_and_wrong_ones_fail():
+    for task in toy_math.generate(10, 0) + toy_code.generate(10, 0):
+        assert verify(task, task["solution"])["passed"], task["id"]
+    for task in toy_code.generate(5, 0):
+        assert not verify(task, task["solution"].replace("return ", "return 1 + ", 1))["passed"]
+
+
+def _evaluate_shards(shards):
+    """Recompute an arithmetic task from its shards alone (each step refers to earlier results)."""
+    results = []
+    for shard in shards[1:]:
+        step = shard.split(": ", 1)[1].rstrip(".")
+        for i in range(len(results), 0, -1):
+            step = step.replace(f"the result of step {i}", f"({results[i - 1]})")
+        expr = step.removeprefix("compute ").replace("negate ", "-")
+        results.append(eval(compile(ast.parse(expr, mode="eval"), "<shard>", "eval")))
+    return results[-1]
+
+
+def test_math_shards_carry_exactly_the_problem():
+    for task in toy_math.generate(40, 3, max_terms=4):
+        assert len(task["shards"]) >= 2 and "step" in task["shards"][0]
+        assert _evaluate_shards(task["shards"]) == pytest.approx(float(task["answer"]))
+
+
+def test_code_shards_and_tests():
+    for task in toy_code.generate(30, 0, n_tests=4):
+        assert len(task["tests"]) == 4 and task["entry_point"] == "f"
+        assert len(task["shards"]) >= 2 and task["shards"][0].startswith("Write a Python function")
+        assert len(set(t.split("==")[1] for t in task["tests"])) >= 2  # no constant-function tasks
+
+
+def test_variants():
+    task = toy_code.generate(1, 0)[0]
+    assert prompt_for(task, "full") == task["prompt"]
+    assert prompt_for(task, "sharded") == task["shards"][0]
+    with pytest.raises(tasks.TaskError, match="variant"):
+        prompt_for(task, "hidden")
+
+
+def test_build_writes_seeded_disjoint_splits(tmp_path):
+    counts = tasks.build(PARAMS, tmp_path)
+    assert counts["toy_math"]["train"]["tasks"] == 30 and counts["toy_code"]["eval"]["tasks"] == 10
+    assert "train" not in counts["humaneval"]  # a benchmark is never trained on
+    for source in ("toy_math", "toy_code"):
+        train, test = tasks.load_tasks(tmp_path, source, "train"), tasks.load_tasks(tmp_path, source, "eval")
+        assert not set(train["prompt"]) & set(test["prompt"])
+    again = tasks.build(PARAMS, tmp_path / "again")
+    assert counts == again
+    assert tasks.load_tasks(tmp_path, "toy_code")["id"] == tasks.load_tasks(tmp_path / "again", "toy_code")["id"]
+    assert json.loads((tmp_path / "counts.json").read_text()) == counts
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"sources": ["toy_math", "wikipedia"]}, "tasks.sources"),
+    ({"math_generator": "calculus"}, "tasks.math_generator"),
+    ({"math_min_terms": 5, "math_max_terms": 3}, "tasks.math_min_terms"),
+    ({"math_max_digits": 40}, "tasks.math_max_digits"),
+    ({"code_families": ["int", "sql"]}, "tasks.code_families"),
+    ({"code_min_steps": 0}, "tasks.code_min_steps"),
+    ({"code_n_tests": "5"}, "tasks.code_n_tests"),
+    ({"n_eval": 0}, "tasks.n_eval"),
+    ({"n_train": -1}, "tasks.n_train"),
+])
+def test_bad_parameters_are_named_before_any_work(tmp_path, change, message):
+    with pytest.raises(tasks.TaskError, match=message.replace(".", r"\.")):
+        tasks.build({**PARAMS, **change}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_impossible_difficulty_is_reported():
+    with pytest.raises(tasks.TaskError, match="distinct problems"):
+        toy_math.generate(5000, 0, min_terms=2, max_terms=2, min_digits=1, max_digits=1)
+    with pytest.raises(tasks.TaskError, match="code_max_steps"):
+        toy_code.generate(5000, 0, families=("str",), min_steps=1, max_steps=1)
+
+
+def test_malformed_records_are_named():
+    good = dict(id="x/1", domain="code", source="t", prompt="p", entry_point="f", tests=["assert f() == 1"])
+    make_task(**good)
+    for change, field in [({"domain": "bio"}, "domain"), ({"tests": []}, "tests"), ({"prompt": " "}, "prompt"),
+                          ({"entry_point": ""}, "entry_point"), ({"shards": ["only intent"]}, "shards")]:
+        with pytest.raises(tasks.TaskError, match=rf"x/1.*{field}"):
+            make_task(**{**good, **change})
+    with pytest.raises(tasks.TaskError, match="answer"):
+        make_task(id="m/1", domain="math", source="t", prompt="2+2?")
+
+
+def test_missing_task_set_has_a_helpful_error(tmp_path):
+    with pytest.raises(tasks.TaskError, match="dvc repro tasks"):
+        tasks.load_tasks(tmp_path, "toy_math")
