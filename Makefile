@@ -13,7 +13,10 @@ setup: $(STAMP) sandbox-deps
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev]"
-	-git rev-parse --git-dir >/dev/null 2>&1 && $(BIN)/nbstripout --install
+	-git rev-parse --git-dir >/dev/null 2>&1 && \
+	  git config filter.nbstripout.clean "$(CURDIR)/$(BIN)/nbstripout" && \
+	  git config filter.nbstripout.smudge cat && \
+	  git config diff.ipynb.textconv "$(CURDIR)/$(BIN)/nbstripout -t"
 	touch $(STAMP)
 
 # bubblewrap isolates model-written code (see src/sml/sandbox.py). Installed when we can (root + apt);
