@@ -41,15 +41,26 @@ def _str_step(rng: random.Random) -> tuple[str, str]:
                        (f"replaces every '{a}' with '{b}'", f"s = s.replace('{a}', '{b}')")])
 
 
-def _int_task(rng: random.Random, steps: int) -> tuple[str, list[str], str, list]:
-    parts = [_int_step(rng) for _ in range(steps)]
-    prompt = (f"Write a Python function f(x) that takes an integer x, "
+def _pipeline(parts: list[tuple[str, str]], var: str, noun: str) -> tuple[str, list[str], str]:
+    """Prompt, shards and one-line-per-step solution for ``f(var)`` applying ``parts`` in order."""
+    steps = len(parts)
+    prompt = (f"Write a Python function f({var}) that takes {noun} {var}, "
               f"{', then '.join(p[0] for p in parts)}, and returns the result.")
-    intent = f"Write a Python function f(x) that takes an integer x and returns an integer computed in {steps} step{'s' * (steps > 1)}."
+    intent = (f"Write a Python function f({var}) that takes {noun} {var} and returns "
+              f"{noun} computed in {steps} step{'s' * (steps > 1)}.")
     shards = [intent] + [f"Step {i}: it {p[0]}." for i, p in enumerate(parts, 1)]
-    code = "def f(x):\n" + "".join(f"    {p[1]}\n" for p in parts) + "    return x\n"
-    inputs = rng.sample(range(-20, 31), 8)
-    return prompt, shards, code, inputs
+    code = f"def f({var}):\n" + "".join(f"    {p[1]}\n" for p in parts) + f"    return {var}\n"
+    return prompt, shards, code
+
+
+def _int_task(rng: random.Random, steps: int) -> tuple[str, list[str], str, list]:
+    prompt, shards, code = _pipeline([_int_step(rng) for _ in range(steps)], "x", "an integer")
+    return prompt, shards, code, rng.sample(range(-20, 31), 8)
+
+
+def _str_task(rng: random.Random, steps: int) -> tuple[str, list[str], str, list]:
+    prompt, shards, code = _pipeline([_str_step(rng) for _ in range(steps)], "s", "a string")
+    return prompt, shards, code, ["".join(rng.choices(string.ascii_lowercase[:6], k=rng.randint(4, 8))) for _ in range(8)]
 
 
 def _list_task(rng: random.Random, steps: int) -> tuple[str, list[str], str, list]:
@@ -65,17 +76,6 @@ def _list_task(rng: random.Random, steps: int) -> tuple[str, list[str], str, lis
     gen = f"v for v in xs if {' and '.join(c[1] for c in conditions)}"
     code = f"def f(xs):\n    return {expr.format(g=gen)}\n"
     inputs = [[rng.randint(-5, 15) for _ in range(rng.randint(0, 7))] for _ in range(8)]
-    return prompt, shards, code, inputs
-
-
-def _str_task(rng: random.Random, steps: int) -> tuple[str, list[str], str, list]:
-    parts = [_str_step(rng) for _ in range(steps)]
-    prompt = (f"Write a Python function f(s) that takes a string s, "
-              f"{', then '.join(p[0] for p in parts)}, and returns the result.")
-    intent = f"Write a Python function f(s) that takes a string s and returns a string computed in {steps} step{'s' * (steps > 1)}."
-    shards = [intent] + [f"Step {i}: it {p[0]}." for i, p in enumerate(parts, 1)]
-    code = "def f(s):\n" + "".join(f"    {p[1]}\n" for p in parts) + "    return s\n"
-    inputs = ["".join(rng.choices(string.ascii_lowercase[:6], k=rng.randint(4, 8))) for _ in range(8)]
     return prompt, shards, code, inputs
 
 
