@@ -123,6 +123,12 @@ def test_bad_arguments_raise_clear_errors():
         sandbox.run("print(1)", memory_mb=1)
     with pytest.raises(TypeError, match="code"):
         sandbox.run(b"print(1)")
+    with pytest.raises(ValueError, match="plain file names"):
+        sandbox.run("print(1)", files={"../escape.txt": "x"})
+
+
+def test_extra_files_are_readable():
+    assert sandbox.run("print(open('data.txt').read())", files={"data.txt": "42"})["stdout"] == "42\n"
 
 
 def test_weak_mode_warns_loudly(monkeypatch):

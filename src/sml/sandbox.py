@@ -169,6 +169,9 @@ def run(code: str, timeout_s: float = 10.0, memory_mb: int = 512, stdin: str = "
         raise ValueError(f"sandbox.run: timeout_s must be > 0, got {timeout_s!r}")
     if memory_mb < 64:
         raise ValueError(f"sandbox.run: memory_mb must be >= 64 (Python needs it to start), got {memory_mb!r}")
+    bad = [n for n in (files or {}) if not n or os.path.basename(n) != n or n in (".", "..", "main.py")]
+    if bad:
+        raise ValueError(f"sandbox.run: files must be plain file names other than main.py, got {bad}")
     mode, uid = isolation_mode(), _sandbox_uid()
     workdir = tempfile.mkdtemp(prefix="sml-sandbox-")  # the program's only writable place
     outdir = tempfile.mkdtemp(prefix="sml-sandbox-out-")  # ours: output files, never visible to it
