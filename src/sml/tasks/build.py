@@ -43,9 +43,9 @@ def load_source(source: str, p: dict) -> list[dict]:
                                  p["code_n_tests"])
     if source == "humaneval":
         return load_humaneval()
-    hub_dir = p.get("hub_dir") or ""
-    location = str(Path(hub_dir) / f"{source}.jsonl") if hub_dir else None
-    return hub.LOADERS[source](location) if location else hub.LOADERS[source]()
+    if p.get("hub_dir"):  # offline copies, one <source>.jsonl each
+        return hub.LOADERS[source](str(Path(p["hub_dir"]) / f"{source}.jsonl"))
+    return hub.LOADERS[source]()  # the loader's default hub id
 
 
 def split(tasks: list[dict], source: str, p: dict) -> datasets.DatasetDict:
