@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup sandbox-deps test repro clean-smoke
+.PHONY: setup sandbox-deps test repro bench clean-smoke
 
 setup: $(STAMP) sandbox-deps
 
@@ -34,6 +34,12 @@ test: setup
 
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+# Engine throughput vs raw batched generate and vs one dialogue at a time -> metrics/bench.json.
+# Needs the base student (the `base_student` stage runs first if it is not up to date).
+bench: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro base_student
+	PYTHONPATH=src $(BIN)/python -m sml.bench --out metrics/bench.json
 
 clean-smoke:
 	rm -rf runs/smoke

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from fractions import Fraction
 
 import reasoning_gym
 
@@ -26,31 +27,51 @@ def check_difficulty(generator: str, min_terms: int, max_terms: int, min_digits:
         raise TaskError(f"tasks.math_min_digits ({min_digits}) is larger than tasks.math_max_digits ({max_digits})")
 
 
-def shards_of(expression: str) -> list[str]:
-    """Split an expression into an intent plus one shard per operation, in evaluation order."""
-    steps: list[str] = []
+def _number(value: Fraction) -> str:
+    return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
 
-    def name(node: ast.AST) -> str:
+
+def steps_of(expression: str) -> list[dict]:
+    """The operations of an expression in evaluation order: ``words`` (how a shard states the step,
+    naming earlier results as "the result of step k"), ``equation`` (the step worked out with numbers,
+    as a student writes it: ``-2 + -4 = -6``) and ``value``."""
+    steps: list[dict] = []
+
+    def walk(node: ast.AST) -> tuple[str, Fraction]:
         if isinstance(node, ast.Constant):
-            return str(node.value)
+            return str(node.value), Fraction(node.value)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
             if isinstance(node.operand, ast.Constant):
-                return f"-{node.operand.value}"
-            inner = name(node.operand)
-            steps.append(f"negate {inner}")
+                return f"-{node.operand.value}", -Fraction(node.operand.value)
+            inner, value = walk(node.operand)
+            words, equation, value = f"negate {inner}", f"-({_number(value)}) = {_number(-value)}", -value
         elif isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            left, right = name(node.left), name(node.right)
-            steps.append(f"compute {left} {_OPS[type(node.op)]} {right}")
+            (left, a), (right, b) = walk(node.left), walk(node.right)
+            op = _OPS[type(node.op)]
+            value = {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else Fraction(0)}[op]
+            words, equation = f"compute {left} {op} {right}", f"{_number(a)} {op} {_number(b)} = {_number(value)}"
         else:
             raise TaskError(f"cannot shard expression {expression!r}: unsupported {ast.dump(node)}")
-        return f"the result of step {len(steps)}"
+        steps.append({"words": words, "equation": equation, "value": value})
+        return f"the result of step {len(steps)}", value
 
-    name(ast.parse(expression, mode="eval").body)
+    walk(ast.parse(expression, mode="eval").body)
+    return steps
+
+
+def shards_of(expression: str) -> list[str]:
+    """Split an expression into an intent plus one shard per operation, in evaluation order."""
+    steps = steps_of(expression)
     if not steps:
         return []
     intent = (f"I need the value of an arithmetic expression that is built in {len(steps)} "
               f"step{'s' if len(steps) > 1 else ''}. The answer is the result of the last step.")
-    return [intent] + [f"Step {i}: {s}." for i, s in enumerate(steps, 1)]
+    return [intent] + [f"Step {i}: {s['words']}." for i, s in enumerate(steps, 1)]
+
+
+def worked_solution(expression: str, answer: str) -> str:
+    """The answer as the student learns to write it: one equation per step, then the final answer."""
+    return "".join(f"{s['equation']}\n" for s in steps_of(expression)) + f"The answer is {answer}."
 
 
 def generate(n: int, seed: int, generator: str = "basic_arithmetic", min_terms: int = 2, max_terms: int = 3,
@@ -67,7 +88,7 @@ def generate(n: int, seed: int, generator: str = "basic_arithmetic", min_terms: 
         expression = item["metadata"]["expression"]
         tasks.append(make_task(
             id=f"toy_math/{len(tasks)}", domain="math", source="toy_math", prompt=item["question"],
-            answer=str(item["answer"]), solution=f"{expression} = {item['answer']}", shards=shards_of(expression),
+            answer=str(item["answer"]), solution=worked_solution(expression, str(item["answer"])), shards=shards_of(expression),
             metadata={"generator": generator, "expression": expression, **config,
                       "num_terms": item["metadata"]["num_terms"], "num_digits": item["metadata"]["num_digits"]}))
         if len(tasks) == n:

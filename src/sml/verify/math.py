@@ -15,7 +15,7 @@ from math_verify import verify as mv_verify
 
 _NUMBER = r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*-?\d+(?:\.\d+)?)?|-?\.\d+"
 _FRAC = r"-?\\d?frac\{\s*-?[\d.]+\s*\}\{\s*-?[\d.]+\s*\}"
-_ANY_NUMBER = re.compile(f"{_FRAC}|{_NUMBER}")
+ANY_NUMBER = re.compile(f"{_FRAC}|{_NUMBER}")
 _MARKER = re.compile(r"(?:final answer|answer)\s*(?:is|:|=)?\s*", re.IGNORECASE)
 
 
@@ -41,10 +41,10 @@ def extract_answer(text: str) -> str | None:
         return boxed
     markers = list(_MARKER.finditer(text))
     if markers:
-        after = _ANY_NUMBER.search(text, markers[-1].end())
+        after = ANY_NUMBER.search(text, markers[-1].end())
         if after:
             return after.group(0)
-    numbers = _ANY_NUMBER.findall(text)
+    numbers = ANY_NUMBER.findall(text)
     return numbers[-1] if numbers else None
 
 

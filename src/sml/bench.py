@@ -1,0 +1,122 @@
+"""Benchmark (not a test): student tokens/s of the dialogue engine against raw batched ``generate`` and
+against a naive loop that runs one dialogue at a time, all measured in one process, one after another.
+
+    python -m sml.bench --model models/base_student --out metrics/bench.json   (what `make bench` runs)
+
+- engine: ``n_dialogues`` math dialogues x ``turns`` student turns with the scripted teacher, batched;
+- raw: ``generate`` on the same opening prompts at the same batch size, forced to the engine's mean
+  turn length (``min_new_tokens = max_new_tokens``), once per engine round: the same number of student
+  tokens with none of the engine's work (no teacher, no bookkeeping, no ragged turn lengths);
+- naive: the same dialogues, one at a time (batch size 1), through the same engine.
+Each is measured ``repeats`` times and the median taken (the machines are shared and noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from .engine import run_dialogues
+from .student import Student, left_pad
+from .tasks.build import load_tasks
+from .teacher import ScriptedTeacher
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def _forced(student: Student, prompts: list[list[int]], length: int, temperature: float) -> None:
+    """One raw batched ``generate`` call producing exactly ``length`` tokens per prompt."""
+    ids, mask = left_pad(prompts, student.pad_id)
+    with torch.no_grad():
+        student.model.generate(input_ids=ids.to(student.device), attention_mask=mask.to(student.device), do_sample=True,
+                               temperature=temperature, min_new_tokens=length, max_new_tokens=length,
+                               pad_token_id=student.pad_id)
+
+
+def student_tokens(dialogues) -> int:
+    return sum(len(ids) for d in dialogues for ids in d.student_ids)
+
+
+def bench(student: Student, tasks, n_dialogues: int = 64, turns: int = 4, max_new_tokens: int = 96,
+          temperature: float = 1.0, repeats: int = 3, seed: int = 0) -> dict:
+    tasks = list(tasks)[:n_dialogues]
+    if len(tasks) < n_dialogues:
+        raise ValueError(f"bench: {n_dialogues} dialogues asked for but only {len(tasks)} tasks available")
+    teacher = ScriptedTeacher()
+    common = dict(max_turns=turns, max_new_tokens=max_new_tokens, temperature=temperature, progress=False, seed=seed)
+    run_dialogues(tasks[:8], student, teacher, **common)  # warm-up
+
+    engine = []
+    for _ in range(repeats):
+        dialogues, seconds = _timed(lambda: run_dialogues(tasks, student, teacher, batch_size=n_dialogues, **common))
+        rounds = max(d.turns for d in dialogues)
+        engine.append((student_tokens(dialogues), seconds, rounds))
+    tokens, _, rounds = engine[-1]  # the run whose dialogues are kept below
+    per_turn = max(1, round(tokens / (n_dialogues * rounds)))
+
+    # raw generate, forced to the engine's token count: (a) on the opening prompts, (b) on the very
+    # contexts the engine fed to each of its rounds (same prompts, same batch sizes, same tokens per round)
+    openings = [d.ids[:d.turn_starts[0]] for d in dialogues]
+    same_rounds = [[d.ids[:d.turn_starts[r]] for d in dialogues if d.turns > r] for r in range(rounds)]
+    round_tokens = [sum(len(d.student_ids[r]) for d in dialogues if d.turns > r) for r in range(rounds)]
+    raw = [(n_dialogues * per_turn * rounds, _timed(lambda: [_forced(student, openings, per_turn, temperature)
+                                                             for _ in range(rounds)])[1]) for _ in range(repeats)]
+    raw_same = [(sum(round_tokens), _timed(lambda: [
+        _forced(student, batch, max(1, round(n / len(batch))), temperature)
+        for batch, n in zip(same_rounds, round_tokens)])[1]) for _ in range(repeats)]
+
+    naive = []
+    for _ in range(repeats):
+        dialogues, seconds = _timed(lambda: [d for t in tasks for d in run_dialogues([t], student, teacher,
+                                                                                     batch_size=1, **common)])
+        naive.append((student_tokens(dialogues), seconds))
+
+    rate = lambda runs: statistics.median(t / s for t, s, *_ in runs)
+    engine_rate, raw_rate, naive_rate, same_rate = rate(engine), rate(raw), rate(naive), rate(raw_same)
+    return {"engine_tokens_per_s": round(engine_rate, 1), "raw_generate_tokens_per_s": round(raw_rate, 1),
+            "raw_generate_same_contexts_tokens_per_s": round(same_rate, 1),
+            "ratio_vs_raw_same_contexts": round(engine_rate / same_rate, 3),
+            "naive_tokens_per_s": round(naive_rate, 1), "ratio_vs_raw": round(engine_rate / raw_rate, 3),
+            "ratio_vs_naive": round(engine_rate / naive_rate, 3),
+            "setup": {"dialogues": n_dialogues, "turns": turns, "domain": "math", "teacher": "scripted",
+                      "engine_student_tokens": tokens, "engine_rounds": rounds, "raw_tokens_per_turn": per_turn,
+                      "max_new_tokens": max_new_tokens, "temperature": temperature, "repeats": repeats,
+                      "device": str(student.device), "torch_threads": torch.get_num_threads(),
+                      "parameters": sum(p.numel() for p in student.model.parameters()),
+                      "machine": platform.machine(), "python": platform.python_version()}}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="models/base_student")
+    parser.add_argument("--tasks", default="data/tasks", help="folder of the task sets (the 'tasks' stage)")
+    parser.add_argument("--source", default="toy_math")
+    parser.add_argument("--dialogues", type=int, default=64)
+    parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=64)  # as dialogue.max_new_tokens
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="metrics/bench.json")
+    args = parser.parse_args(argv)
+    if not Path(args.model).exists():
+        raise SystemExit(f"--model {args.model}: not found; run the pipeline first (make repro, or dvc repro base_student)")
+    student = Student.load(args.model, dtype="float32")
+    tasks = load_tasks(args.tasks, args.source, "eval")
+    result = bench(student, tasks, args.dialogues, args.turns, args.max_new_tokens, repeats=args.repeats)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""LLM teachers behind the same ``Teacher`` interface: a local Hugging Face chat model (``HFTeacher``)
+or any OpenAI-compatible endpoint such as vLLM, SGLang or TGI (``OpenAITeacher``).
+
+Both get the same prompt (``build_messages``): the task, the teacher's private knowledge, the
+environment's judgement of the student's last turn, the shard to reveal, and a firm rule never to
+give the answer away. Replies are cached on disk, keyed by everything that determines them, because
+simulated teachers cost money and drift: a rerun with the same inputs makes no model or HTTP calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .tasks.schema import prompt_for
+from .teacher import ScriptedTeacher, Teacher, TeacherView, private_knowledge
+
+KINDS = ("scripted", "hf", "openai")
+
+ROLE = ("You are a patient teacher. A student is solving the task below in a dialogue with you. You know "
+        "things the student does not; use them to guide the student to solve the task on their own.")
+RULE = ("Never reveal the final answer or the reference solution, not even in part or in other words: the "
+        "student must work it out. Reply in 2-3 short sentences.")
+JUDGEMENT = {
+    "attempt": "The student's last message is an answer attempt, and it is wrong.",
+    "question": "The student's last message asks you a question: answer it from what you know.",
+    "other": "The student's last message neither answers nor asks anything: ask them for an attempt.",
+}
+# In the dialogue the teacher speaks as "user" and the student as "assistant"; the LLM plays the teacher.
+FLIP = {"user": "assistant", "assistant": "user"}
+
+
+def build_messages(view: TeacherView) -> list[dict]:
+    """The chat an LLM teacher completes: a system message with everything it knows, then the public
+    dialogue with roles flipped so that the student speaks as ``user``."""
+    judgement = JUDGEMENT[view.label]
+    extracted = (view.check or {}).get("extracted")
+    if view.label == "attempt" and extracted:
+        judgement += f" The student's answer was {extracted}."
+    system = [ROLE, "The task, as the student was given it:\n" + prompt_for(view.task, view.variant),
+              "What only you know:\n" + private_knowledge(view), judgement]
+    if view.reveal is not None:
+        system.append(f'In this reply, give the student this information word for word: "{view.reveal}"')
+    system.append(RULE)
+    return [{"role": "system", "content": "\n\n".join(system)},
+            *({"role": FLIP[m["role"]], "content": m["content"]} for m in view.messages)]
+
+
+class LLMTeacher(Teacher):
+    """What both backends share: prompting, the reply cache and its hit/miss counters.
+    Subclasses implement ``_generate(prompts) -> replies`` for the prompts not in the cache."""
+
+    backend = ""
+
+    def __init__(self, model: str, max_new_tokens: int, temperature: float, cache_dir: str | Path | None):
+        self.model_name = str(model)
+        self.params = {"max_new_tokens": max_new_tokens, "temperature": temperature}
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.hits = self.misses = 0
+
+    def reply(self, view: TeacherView) -> str:
+        return self.reply_batch([view])[0]
+
+    def reply_batch(self, views: list[TeacherView]) -> list[str]:
+        prompts = [build_messages(v) for v in views]
+        keys = [self._key(p) for p in prompts]
+        replies = [self._load(k) for k in keys]
+        todo = [i for i, r in enumerate(replies) if r is None]
+        self.hits += len(views) - len(todo)
+        self.misses += len(todo)
+        if todo:
+            for i, text in zip(todo, self._generate([prompts[i] for i in todo])):
+                replies[i] = text
+                self._store(keys[i], text)
+        return replies
+
+    def _generate(self, prompts: list[list[dict]]) -> list[str]:
+        raise NotImplementedError
+
+    # cache: one JSON file per reply ------------------------------------------------------------
+    def _key(self, messages: list[dict]) -> str:
+        blob = json.dumps([self.backend, self.model_name, messages, self.params], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _load(self, key: str) -> str | None:
+        if self.cache_dir is None or not (path := self.cache_dir / f"{key}.json").exists():
+            return None
+        return json.loads(path.read_text())["reply"]
+
+    def _store(self, key: str, reply: str) -> None:
+        if self.cache_dir is None:
+            return
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.cache_dir / f"{key}.{os.getpid()}.tmp"  # write then rename: parallel runs never see half a file
+        tmp.write_text(json.dumps({"reply": reply}))
+        tmp.replace(self.cache_dir / f"{key}.json")
+
+
+class HFTeacher(LLMTeacher):
+    """A local Hugging Face chat model (hub id or local path), one left-padded ``generate`` per batch."""
+
+    backend = "hf"
+
+    def __init__(self, model: str, *, max_new_tokens: int = 96, temperature: float = 0.0, batch_size: int = 16,
+                 cache_dir: str | Path | None = None, device: str | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        super().__init__(model, max_new_tokens, temperature, cache_dir)
+        self.batch_size = batch_size
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype="auto").to(self.device).eval()
+
+    def _generate(self, prompts: list[list[dict]]) -> list[str]:
+        import torch
+
+        temperature = self.params["temperature"]
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        replies = []
+        for start in range(0, len(prompts), self.batch_size):
+            texts = [self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                     for p in prompts[start:start + self.batch_size]]
+            # The chat template already writes any BOS token, so the tokenizer must not add another.
+            batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            with torch.no_grad():
+                out = self.model.generate(**batch, max_new_tokens=self.params["max_new_tokens"],
+                                          pad_token_id=self.tokenizer.pad_token_id, **sampling)
+            new = out[:, batch["input_ids"].shape[1]:]
+            replies += [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        return replies
+
+
+class OpenAITeacher(LLMTeacher):
+    """Any OpenAI-compatible endpoint: POST ``{base_url}/chat/completions`` (stdlib HTTP, no SDK),
+    with a timeout, retries with exponential backoff, and a few requests in flight at once."""
+
+    backend = "openai"
+
+    def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 60,
+                 max_retries: int = 3, max_new_tokens: int = 96, temperature: float = 0.0,
+                 cache_dir: str | Path | None = None, workers: int = 8):
+        super().__init__(model, max_new_tokens, temperature, cache_dir)
+        self.base_url = base_url.rstrip("/")
+        self.api_key_env, self.timeout_s, self.max_retries, self.workers = api_key_env, timeout_s, max_retries, workers
+
+    def _generate(self, prompts: list[list[dict]]) -> list[str]:
+        with ThreadPoolExecutor(min(self.workers, len(prompts))) as pool:
+            return list(pool.map(self._complete, prompts))
+
+    def _complete(self, messages: list[dict]) -> str:
+        body = json.dumps({"model": self.model_name, "messages": messages, "max_tokens": self.params["max_new_tokens"],
+                           "temperature": self.params["temperature"]}).encode()
+        headers = {"Content-Type": "application/json"}
+        if key := os.environ.get(self.api_key_env):  # local servers need no key
+            headers["Authorization"] = f"Bearer {key}"
+        url = f"{self.base_url}/chat/completions"
+        for attempt in range(self.max_retries + 1):
+            try:
+                request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    reply = json.loads(response.read())["choices"][0]["message"]["content"]
+                return (reply or "").strip()
+            except urllib.error.HTTPError as e:
+                error = f"HTTP {e.code}: {e.read()[:300].decode(errors='replace')}"
+                if e.code != 429 and e.code < 500:  # a bad request will not get better by retrying
+                    raise RuntimeError(f"teacher endpoint {self.base_url} rejected the request: {error}") from e
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
+                error = repr(e)
+            if attempt < self.max_retries:
+                time.sleep(0.5 * 2 ** attempt)
+        raise RuntimeError(f"teacher endpoint {self.base_url} failed after {self.max_retries + 1} attempts "
+                           f"(timeout {self.timeout_s}s each): {error}")
+
+
+def make_teacher(p: dict) -> Teacher:
+    """The teacher named by a ``teacher`` params section (``kind``: scripted | hf | openai)."""
+    kind = p.get("kind", "scripted")
+    if kind not in KINDS:
+        raise ValueError(f"teacher.kind: unknown kind {kind!r}; choose from {KINDS}")
+    if kind == "scripted":
+        return ScriptedTeacher(feedback=p.get("feedback", "verdict,direction,step,tests"),
+                               reveal_answer=bool(p.get("reveal_answer", False)))
+    if p.get("reveal_answer"):
+        raise ValueError(f"teacher.reveal_answer: only the scripted teacher can reveal the answer, not {kind!r}")
+    if not p.get("model"):
+        raise ValueError(f"teacher.model: required for teacher.kind {kind!r} (a model id or local path)")
+    common = {"max_new_tokens": int(p.get("max_new_tokens", 96)), "temperature": float(p.get("temperature", 0.0)),
+              "cache_dir": p.get("cache_dir")}
+    if kind == "hf":
+        return HFTeacher(p["model"], **common)
+    if not p.get("base_url"):
+        raise ValueError("teacher.base_url: required for teacher.kind 'openai' (e.g. http://localhost:8000/v1)")
+    return OpenAITeacher(p["base_url"], p["model"], api_key_env=p.get("api_key_env", "OPENAI_API_KEY"),
+                         timeout_s=float(p.get("timeout_s", 60)), max_retries=int(p.get("max_retries", 3)), **common)

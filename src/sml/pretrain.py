@@ -1,0 +1,88 @@
+"""Pretraining the embedded base student from scratch on single-turn problem -> answer chats.
+
+The corpus is fresh problems from the same generators as the task sets (another seed), with every
+prompt of the task sets' train and eval splits removed, so the student has seen neither the tasks it
+will be trained on in dialogue nor the held-out ones. Answers are what a student should write in one
+turn: the worked steps and "The answer is N." (math), a fenced Python function (code). It never sees
+a second turn, so it has never seen feedback.
+"""
+
+from __future__ import annotations
+
+import datasets
+from transformers import TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+from .tasks import toy_code, toy_math
+
+
+def answer_of(task: dict) -> str:
+    """The single-turn reply the base student is trained to give."""
+    if task["domain"] == "code":
+        return f"```python\n{task['solution'].strip()}\n```"
+    return task["solution"]
+
+
+def chat(task: dict) -> list[dict]:
+    return [{"role": "user", "content": task["prompt"]}, {"role": "assistant", "content": answer_of(task)}]
+
+
+def corpus(n_per_domain: int, seed: int, tasks_params: dict, exclude: set[str],
+           code_max_steps: int | None = None) -> datasets.Dataset:
+    """``n_per_domain`` single-turn chats per domain (math, code), none with a prompt in ``exclude``.
+
+    ``tasks_params`` is the ``tasks`` section of params.yaml (difficulty of both generators).
+    ``code_max_steps`` lets the corpus include longer code pipelines than the task sets: the 1-2 step
+    space holds only ~3,500 distinct programs and the task sets use most of them, so longer pipelines
+    teach the same word -> line mapping without repeating any task."""
+    p = dict(tasks_params)
+    p["code_max_steps"] = max(code_max_steps or 0, p["code_max_steps"])
+    families = [f.strip() for f in p["code_families"].split(",")] if isinstance(p["code_families"], str) else p["code_families"]
+    draw = 2 * n_per_domain + len(exclude)
+    math = toy_math.generate(draw, seed, p["math_generator"], p["math_min_terms"], p["math_max_terms"],
+                             p["math_min_digits"], p["math_max_digits"])
+    code = toy_code.generate(draw, seed, tuple(families), p["code_min_steps"], p["code_max_steps"], p["code_n_tests"])
+    rows = []
+    for domain, tasks in (("math", math), ("code", code)):
+        fresh = [t for t in tasks if t["prompt"] not in exclude][:n_per_domain]
+        if len(fresh) < n_per_domain:
+            raise ValueError(f"base_student.n_pretrain: only {len(fresh)} fresh {domain} problems at this difficulty "
+                             f"(after removing the task sets' prompts), {n_per_domain} asked for")
+        rows += [{"messages": chat(t), "domain": domain} for t in fresh]
+    return datasets.Dataset.from_list(rows).shuffle(seed=seed)
+
+
+class EvalCallback(TrainerCallback):
+    """Calls ``evaluate(model)`` every ``every`` steps and at the end, logging what it returns."""
+
+    def __init__(self, evaluate, every: int):
+        self.evaluate, self.every, self.history = evaluate, every, []
+
+    def _run(self, state, model):
+        scores = self.evaluate(model)
+        model.train()
+        self.history.append({"step": state.global_step, **scores})
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.every and state.global_step % self.every == 0:
+            self._run(state, model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if not self.history or self.history[-1]["step"] != state.global_step:
+            self._run(state, model)
+
+
+def pretrain(model, tokenizer, train: datasets.Dataset, out_dir: str, *, epochs: float = 1.0, batch_size: int = 64,
+             lr: float = 2e-3, seed: int = 0, callbacks=(), logging_steps: int = 10) -> list[dict]:
+    """Train ``model`` on the chats in ``train`` (loss on the student's tokens only) with TRL's SFTTrainer;
+    return the trainer's log history."""
+    config = SFTConfig(
+        output_dir=out_dir, num_train_epochs=epochs, per_device_train_batch_size=batch_size, learning_rate=lr,
+        lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.01, logging_steps=logging_steps,
+        save_strategy="no", report_to="none", seed=seed, data_seed=seed, bf16=False,
+        gradient_checkpointing=False, assistant_only_loss=True, max_length=512, dataset_num_proc=None,
+        disable_tqdm=False)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=train.remove_columns(["domain"]),
+                         processing_class=tokenizer, callbacks=list(callbacks))
+    trainer.train()
+    return trainer.state.log_history

@@ -1,0 +1,267 @@
+"""The teacher: sees the task, its private knowledge and the public dialogue; writes the next message.
+
+The environment (``sml.engine``) judges every student turn first: it labels it (answer attempt,
+question, other), runs the verifier on attempts and decides which shard, if any, this reply must
+reveal. A teacher only turns that judgement into words, so every teacher backend (scripted here,
+LLM in ``sml.llm_teacher``) gives feedback grounded in the same facts.
+
+The scripted teacher is the default: deterministic, local, free, and it never states the final
+answer unless ``reveal_answer`` is set. ``leaks`` audits every teacher message for the answer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+from .tasks.schema import metadata, prompt_for
+from .tasks.toy_math import steps_of
+from .verify.math import ANY_NUMBER, extract_answer, parse_number
+
+LABELS = ("attempt", "question", "other")
+FEEDBACK_KINDS = ("verdict", "direction", "step", "tests")
+_CODE_START = re.compile(r"```|^\s*(?:def|class|import|from)\s", re.MULTILINE)
+_ANSWER_MARKER = re.compile(r"answer\s*(?:is|:|=)|\\boxed\{", re.IGNORECASE)
+_STEP_REF = re.compile(r"\bsteps?\s+(\d+)", re.IGNORECASE)
+_EQUATION = re.compile(r"(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)|-\(\s*(-?\d+)\s*\)\s*=\s*(-?\d+)")
+
+
+def classify(text: str, task: dict) -> str:
+    """Label a student turn: ``attempt`` (states an answer / writes code), ``question`` or ``other``."""
+    if task["domain"] == "code":
+        if _CODE_START.search(text):
+            return "attempt"
+        return "question" if "?" in text else "other"
+    if "?" in text and not _ANSWER_MARKER.search(text):
+        return "question"
+    return "attempt" if extract_answer(text) is not None else "other"
+
+
+def parse_feedback_kinds(kinds: str | list[str]) -> list[str]:
+    """``"verdict,step"`` -> ``["verdict", "step"]``, rejecting unknown kinds by name."""
+    kinds = [k.strip() for k in kinds.split(",")] if isinstance(kinds, str) else list(kinds)
+    unknown = [k for k in kinds if k not in FEEDBACK_KINDS]
+    if not kinds or unknown:
+        raise ValueError(f"teacher.feedback: unknown or empty kinds {unknown or kinds!r}; choose from {FEEDBACK_KINDS}")
+    return kinds
+
+
+# --- leak audit -------------------------------------------------------------------------------------
+
+def _normalise_code(line: str) -> str:
+    return re.sub(r"\s+", "", line)
+
+
+def _solution_lines(solution: str) -> list[str]:
+    """The lines that make up a reference solution's body (no ``def``, blanks, comments or docstrings)."""
+    body = re.sub(r'("""|\'\'\')(?:.|\n)*?\1', "", solution)
+    lines = [_normalise_code(l) for l in body.splitlines()]
+    return [l for l in lines if l and not l.startswith(("#", "def", "@"))]
+
+
+def leaks(message: str, task: dict) -> bool:
+    """Whether a teacher message gives the final answer away.
+
+    Math: the answer's value appears as a number in the message, once the task's own statement
+    (prompt, shards) and step references ("step 2") are set aside. Code: every line of the
+    reference solution's body appears in the message.
+    """
+    if task["domain"] == "code":
+        lines = _solution_lines(task["solution"])
+        if not lines:
+            return False
+        said = _normalise_code(message)
+        return all(line in said for line in lines)
+    answer = parse_number(task["answer"])
+    if answer is None:  # symbolic answers: the exact string
+        return task["answer"].strip() in message
+    text = message
+    for public in sorted([task["prompt"], *task["shards"]], key=len, reverse=True):
+        text = text.replace(public, " ")
+    text = _STEP_REF.sub(" ", text)
+    return any(parse_number(n) == answer for n in ANY_NUMBER.findall(text.replace("\u2212", "-")))
+
+
+# --- what a teacher sees ------------------------------------------------------------------------------
+
+@dataclass
+class TeacherView:
+    """Everything a teacher may use to write one reply.
+
+    ``label`` and ``check`` are the environment's judgement of the student's last turn (``check`` is the
+    verifier's report on an attempt, else ``None``); ``reveal`` is the shard text this reply must
+    reveal (sharded tasks), else ``None``; ``turn`` counts student turns so far (1-based).
+    """
+    task: dict
+    variant: str
+    messages: list[dict]
+    label: str
+    check: dict | None = None
+    reveal: str | None = None
+    turn: int = 1
+    hints_given: int = 0
+    hinted: bool = False  # set by a teacher that gave away a reference step (the engine counts them)
+
+
+def private_knowledge(view: TeacherView) -> str:
+    """The teacher's privileged information as plain text (what an LLM teacher is prompted with)."""
+    task = view.task
+    parts = []
+    if task["domain"] == "math":
+        parts.append(f"The correct final answer is {task['answer']}.")
+        if task["solution"]:
+            parts.append(f"Reference solution:\n{task['solution']}")
+    else:
+        parts.append(f"Reference solution:\n```python\n{task['solution'].strip()}\n```")
+        if view.check is not None:
+            parts.append("Results of the hidden unit tests on the student's latest code:\n" + test_report(view.check))
+    if view.variant == "sharded" and task["shards"]:
+        parts.append("The full problem, which the student has only partly seen:\n" + task["prompt"])
+    return "\n\n".join(parts)
+
+
+def test_report(check: dict, limit: int = 10) -> str:
+    """One line per test: ``PASS``/``FAIL`` with expected vs actual, or the error."""
+    if check.get("load_error"):
+        return f"The code did not run: {check['load_error']}"
+    lines = []
+    for r in check["results"][:limit]:
+        if r["passed"]:
+            lines.append(f"PASS {r['test']}")
+        elif "actual" in r:
+            lines.append(f"FAIL {r['test']} (got {r['actual']}, expected {r.get('expected')})")
+        else:
+            lines.append(f"FAIL {r['test']} ({r.get('error', 'failed')})")
+    return "\n".join(lines)
+
+
+class Teacher:
+    """The interface every teacher backend implements (two methods, no framework)."""
+
+    def open(self, task: dict, variant: str) -> str:
+        """The first message of a dialogue: the problem (``full``) or its intent (``sharded``)."""
+        return prompt_for(task, variant)
+
+    def reply(self, view: TeacherView) -> str:
+        raise NotImplementedError
+
+    def reply_batch(self, views: list[TeacherView]) -> list[str]:
+        """Replies for many dialogues at once; backends that can batch override this."""
+        return [self.reply(v) for v in views]
+
+
+# --- the scripted teacher ------------------------------------------------------------------------------
+
+def _fmt(value: Fraction) -> str:
+    return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+
+
+class ScriptedTeacher(Teacher):
+    """Rule-based feedback grounded in the verifier, in the kinds chosen by ``feedback``:
+
+    - ``verdict``: the attempt is wrong;
+    - ``direction`` (math): the answer is too high or too low;
+    - ``step`` (math): the first wrong equation in the student's work, corrected where that does not
+      give the answer away, else the next intermediate step of the reference solution;
+    - ``tests`` (code): how many hidden tests pass and the first failing one, expected vs actual.
+
+    Questions are answered from the private knowledge: the requested shard on sharded tasks, else the
+    next intermediate step (math) or one hidden test (code).
+    """
+
+    def __init__(self, feedback: str | list[str] = "verdict,direction,step,tests", reveal_answer: bool = False):
+        self.feedback = parse_feedback_kinds(feedback)
+        self.reveal_answer = reveal_answer
+
+    def reply(self, view: TeacherView) -> str:
+        task = view.task
+        if view.label == "attempt":
+            parts = self._math_feedback(view) if task["domain"] == "math" else self._code_feedback(view)
+        elif view.label == "question":
+            parts = [] if view.reveal else [self._answer_question(view)]
+        else:
+            parts = ["Please give your answer: show your steps and end with 'The answer is ...'."
+                     if task["domain"] == "math" else "Please write the function in a Python code block."]
+        if view.reveal:
+            parts.append(f"Here is more information. {view.reveal}")
+        safe = [p for p in parts if self.reveal_answer or not leaks(p, task)]
+        if self.reveal_answer and view.label == "attempt" and task["domain"] == "math" and view.turn >= 3:
+            safe.append(f"The answer is {task['answer']}.")
+        return " ".join(safe) or "Not quite. Try again."
+
+    # math -------------------------------------------------------------------------------------
+    def _reference_steps(self, task: dict) -> list[dict]:
+        expression = metadata(task).get("expression")
+        return steps_of(expression) if expression else []
+
+    def _next_hint(self, view: TeacherView) -> str:
+        """The next reference step the student has not been told yet, unless it is the answer."""
+        steps = self._reference_steps(view.task)[:-1]  # the last step's value is the answer
+        if view.hints_given < len(steps):
+            step = steps[view.hints_given]
+            view.hinted = True
+            return f"Hint: step {view.hints_given + 1} is {step['equation']}."
+        return ""
+
+    def _math_feedback(self, view: TeacherView) -> list[str]:
+        task, check = view.task, view.check or {}
+        parts = []
+        if "verdict" in self.feedback:
+            parts.append("That is not right.")
+        said, gold = parse_number(check.get("extracted") or ""), parse_number(task["answer"])
+        if "direction" in self.feedback and said is not None and gold is not None and said != gold:
+            parts.append(f"Your answer {check['extracted']} is too {'high' if said > gold else 'low'}.")
+        if "step" in self.feedback:
+            located = self._first_wrong_equation(view.messages[-1]["content"])
+            parts.extend(located or [self._next_hint(view)])
+        return [p for p in parts if p] or ["That is not right."]
+
+    @staticmethod
+    def _first_wrong_equation(text: str) -> list[str]:
+        """Where the student's work first goes wrong, and (as a separate part, which the leak
+        filter may drop) the corrected value."""
+        for match in _EQUATION.finditer(text):
+            if match.group(2):
+                a, op, b, c = Fraction(match.group(1)), match.group(2), Fraction(match.group(3)), Fraction(match.group(4))
+                if op == "/" and b == 0:
+                    return [f"In '{match.group(0)}' you divide by zero."]
+                right = {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else None}[op]
+                shown = f"{match.group(1)} {op} {match.group(3)}"
+            else:
+                c, right, shown = Fraction(match.group(6)), -Fraction(match.group(5)), f"-({match.group(5)})"
+            if right != c:
+                return [f"Check your work: {shown} is not {match.group(4) or match.group(6)}.", f"It is {_fmt(right)}."]
+        return []
+
+    # code -------------------------------------------------------------------------------------
+    def _code_feedback(self, view: TeacherView) -> list[str]:
+        check = view.check or {}
+        parts = ["Your function is not right."] if "verdict" in self.feedback else []
+        if "tests" in self.feedback:
+            if check.get("load_error"):
+                error = check["load_error"].strip().splitlines()[-1] if check["load_error"].strip() else "it failed"
+                parts.append(f"Your code does not run: {error[:200]}")
+            else:
+                failing = [r for r in check.get("results", []) if not r["passed"]]
+                parts.append(f"It passes {check.get('n_passed', 0)} of {check.get('n_tests', 0)} tests.")
+                if failing:
+                    parts.append(self._describe_failure(failing[0]))
+        return parts or ["Your function is not right."]
+
+    @staticmethod
+    def _describe_failure(result: dict) -> str:
+        call = re.match(r"assert\s+(.+?)\s*==\s*(.+)$", result["test"].strip(), re.DOTALL)
+        what = call.group(1) if call else result["test"].strip()
+        if "actual" in result:
+            return f"{what} returned {result['actual']} but should return {result.get('expected')}."
+        return f"{what} failed: {str(result.get('error', 'error'))[:200]}"
+
+    def _answer_question(self, view: TeacherView) -> str:
+        task = view.task
+        if task["domain"] == "math":
+            return self._next_hint(view) or "I can't tell you the answer, but you have everything you need."
+        tests = task["tests"]
+        test = tests[view.hints_given % len(tests)]
+        view.hinted = True
+        return f"Here is one of the tests: {test}"

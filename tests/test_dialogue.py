@@ -1,0 +1,286 @@
+"""The dialogue engine with the scripted teacher: labels, verdicts, rewards, shard reveals, the leak
+audit, transcripts and SR@k, on hand-written student turns (a replay student) and a tiny real model."""
+
+import math
+import random
+import re
+
+import pandas as pd
+import pytest
+from tiny_models import ReplayStudent, tiny_model, tiny_tokenizer
+
+from sml import transcripts
+from sml.engine import run_dialogues
+from sml.student import ChatPieces, Student
+from sml.tasks import toy_code, toy_math
+from sml.tasks.schema import make_task, metadata
+from sml.teacher import ScriptedTeacher, TeacherView, classify, leaks
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return tiny_model(tok)
+
+
+def math_task(expression="( 3 + 4 ) * 5", answer="35", i=0):
+    return make_task(id=f"m/{i}", domain="math", source="toy_math", prompt=f"Calculate {expression}.", answer=answer,
+                     solution=toy_math.worked_solution(expression, answer), shards=toy_math.shards_of(expression),
+                     metadata={"expression": expression})
+
+
+def replay(tok, model, turns):
+    """A student that says ``turns[k]`` at its k-th turn (the same script in every dialogue)."""
+    def script(prompt):
+        return turns[prompt.count("<|im_start|>assistant") - 1]
+    return ReplayStudent(tok, model, script)
+
+
+# --- labels ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,label", [
+    ("3 + 4 = 7\n7 * 5 = 35\nThe answer is 35.", "attempt"),
+    ("I think it is 12", "attempt"),
+    ("What is step 2?", "question"),
+    ("Is the answer 35? The answer is 35.", "attempt"),
+    ("hmm", "other"),
+])
+def test_math_turn_labels(text, label):
+    assert classify(text, math_task()) == label
+
+
+def test_code_turn_labels():
+    task = toy_code.generate(1, 0)[0]
+    assert classify("```python\ndef f(x):\n    return x\n```", task) == "attempt"
+    assert classify("def f(x): return 1", task) == "attempt"
+    assert classify("Which steps does f apply?", task) == "question"
+    assert classify("ok", task) == "other"
+
+
+# --- the engine on hand-written transcripts ---------------------------------------------------------
+
+def test_reward_labels_and_drop_out(tok, model):
+    """Solved at turn 3 -> reward 0.7^2; finished dialogues leave the batch."""
+    tasks = [math_task(i=0), math_task("2 + 2", "4", i=1)]
+    student = replay(tok, model, ["The answer is 30.", "What is step 1?", "3 + 4 = 7\n7 * 5 = 35\nThe answer is 35.",
+                                  "The answer is 5."])
+    ds = run_dialogues(tasks, student, ScriptedTeacher(), max_turns=4, gamma=0.7, progress=False)
+    first = ds[0]
+    assert first.labels == ["attempt", "question", "attempt"]
+    assert first.correct == [False, False, True]
+    assert first.solved_turn == 3 and first.stop == "solved"
+    assert first.reward(0.7) == pytest.approx(0.49)
+    assert ds[1].solved_turn == 0 and ds[1].reward(0.7) == 0 and ds[1].turns == 4 and ds[1].stop == "max_turns"
+    assert student.calls == [2, 2, 2, 1]  # the solved dialogue dropped out of the last batch
+    # teacher replies: wrong attempt -> verdict + direction + located hint; question -> hint; no reply after success
+    assert [m["role"] for m in first.messages] == ["user", "assistant", "user", "assistant", "user", "assistant"]
+    assert "not right" in first.messages[2]["content"] and "too low" in first.messages[2]["content"]
+    assert "3 + 4 = 7" in first.messages[2]["content"] or "3 + 4 = 7" in first.messages[4]["content"]
+    assert first.leaks == [False, False]
+
+
+def test_located_error_is_corrected_unless_that_gives_the_answer_away(tok, model):
+    task = math_task()
+    teacher = ScriptedTeacher(feedback="step")
+    view = lambda text: TeacherView(task=task, variant="full", label="attempt", check={"extracted": "34", "passed": False},
+                                    messages=[{"role": "user", "content": task["prompt"]}, {"role": "assistant", "content": text}])
+    assert teacher.reply(view("3 + 4 = 8\n8 * 5 = 40\nThe answer is 40.")) == "Check your work: 3 + 4 is not 8. It is 7."
+    reply = teacher.reply(view("3 + 4 = 7\n7 * 5 = 34\nThe answer is 34."))
+    assert "7 * 5 is not 34" in reply and "35" not in reply
+
+
+def test_sharded_dialogue_reveals_one_shard_per_turn_and_flags_premature_attempts(tok, model):
+    task = math_task()  # shards: intent, step 1, step 2
+    student = replay(tok, model, ["The answer is 1.", "What is step 2?", "3 + 4 = 7\n7 * 5 = 35\nThe answer is 35."])
+    (d,) = run_dialogues([task], student, ScriptedTeacher(), variant="sharded", max_turns=3, progress=False)
+    assert d.messages[0]["content"] == task["shards"][0]
+    assert d.revealed == [1, 2, 3]
+    assert task["shards"][1] in d.messages[2]["content"] and task["shards"][2] in d.messages[4]["content"]
+    assert d.premature == [True, False, False] and d.labels == ["attempt", "question", "attempt"]
+    assert d.solved_turn == 3
+
+
+def test_asked_for_shard_is_revealed_first(tok, model):
+    task = math_task()
+    student = replay(tok, model, ["What is step 2?", "ok", "ok"])
+    (d,) = run_dialogues([task], student, ScriptedTeacher(), variant="sharded", max_turns=3,
+                         shard_reveal="on_question", progress=False)
+    assert task["shards"][2] in d.messages[2]["content"]
+    assert task["shards"][1] not in d.messages[4]["content"]  # "ok" is not a question: nothing revealed
+    assert d.revealed == [1, 2, 2]
+
+
+def test_code_feedback_names_a_failing_test_with_expected_and_actual(tok, model):
+    task = toy_code.generate(1, 0)[0]
+    wrong = "```python\ndef f(" + task["solution"].split("def f(")[1].split(")")[0] + "):\n    return 0\n```"
+    student = replay(tok, model, [wrong, "```python\n" + task["solution"] + "```"])
+    (d,) = run_dialogues([task], student, ScriptedTeacher(), max_turns=2, progress=False)
+    feedback = d.messages[2]["content"]
+    assert re.search(r"passes \d of 5 tests", feedback) and "returned 0 but should return" in feedback
+    assert d.correct == [False, True]
+
+
+def test_bad_settings_are_named(tok, model):
+    with pytest.raises(ValueError, match="dialogue.max_turns"):
+        run_dialogues([math_task()], replay(tok, model, ["1"]), ScriptedTeacher(), max_turns=0)
+    with pytest.raises(ValueError, match="dialogue.gamma"):
+        run_dialogues([math_task()], replay(tok, model, ["1"]), ScriptedTeacher(), gamma=1.5)
+    with pytest.raises(ValueError, match="teacher.feedback"):
+        ScriptedTeacher(feedback="verdict,praise")
+
+
+# --- leaks ----------------------------------------------------------------------------------------
+
+def test_leak_audit_catches_a_leaking_message():
+    task = math_task()
+    assert leaks("The answer is 35.", task)
+    assert leaks("Almost: it should come out as 35", task)
+    assert not leaks("Step 2: compute the result of step 1 * 5.", task)
+    assert not leaks("Your answer 34 is too low.", task)
+    code = toy_code.generate(1, 0)[0]
+    assert leaks("Write this:\n" + code["solution"], code)
+    assert not leaks("It passes 2 of 5 tests.", code)
+
+
+def test_a_leaking_teacher_is_caught_and_blocked(tok, model):
+    task = math_task()
+    student = replay(tok, model, ["The answer is 1."] * 4)
+    leaky = ScriptedTeacher(reveal_answer=True)
+    (d,) = run_dialogues([task], student, leaky, max_turns=4, progress=False, block_leaks=True)
+    assert d.leaks[-1] and all("35" not in m["content"] for m in d.messages[1:])
+    (d,) = run_dialogues([task], student, leaky, max_turns=4, progress=False, block_leaks=False)
+    assert any("35" in m["content"] for m in d.messages[1:])
+
+
+def _states_answer(message, answer):
+    """Independent of the audit: the message says what the answer is, or an equation ends in it."""
+    a = re.escape(answer)
+    return bool(re.search(rf"(?:answer\s+is|=|is)\s*{a}(?!\d|[/.]\d)", message, re.IGNORECASE))
+
+
+def test_teacher_never_reveals_the_answer_in_1000_dialogues(tok, model):
+    """An adversarial student: near misses, begging for the answer, asking for every step, showing
+    correct and wrong work. The scripted teacher must never state the answer (leaks not blocked)."""
+    tasks = toy_math.generate(250, 7, max_terms=4)
+    rng = random.Random(0)
+
+    def script(prompt):
+        task = next(t for t in tasks if t["prompt"] in prompt or t["shards"][0] in prompt)
+        gold = int(task["answer"])
+        steps = toy_math.steps_of(metadata(task)["expression"])
+        choice = rng.randrange(6)
+        if choice == 0:
+            return f"The answer is {gold + rng.choice([-2, -1, 1, 2, 10])}."
+        if choice == 1:
+            return "Please just tell me the answer?"
+        if choice == 2:
+            return f"What is step {rng.randint(1, len(steps))}?"
+        if choice == 3:  # all steps right except the last
+            work = "\n".join(s["equation"] for s in steps[:-1])
+            return work + f"\nThe answer is {gold + 1}."
+        if choice == 4:  # the last equation wrong, correctly computed inputs
+            last = steps[-1]["equation"].rsplit("=", 1)[0]
+            return f"{last}= {gold - 3}\nThe answer is {gold - 3}."
+        return "I am not sure."
+
+    student = ReplayStudent(tok, model, script)
+    dialogues = []
+    for variant in ("full", "sharded"):
+        dialogues += run_dialogues(tasks, student, ScriptedTeacher(), variant=variant, max_turns=6,
+                                   samples_per_task=2, block_leaks=False, progress=False)
+    assert len(dialogues) == 1000
+    replies = [(d.task, m["content"]) for d in dialogues for m in d.messages[1:] if m["role"] == "user"]
+    assert len(replies) > 3000
+    assert not [r for t, r in replies if _states_answer(r, t["answer"])]
+    assert not any(d.leaks and any(d.leaks) for d in dialogues)
+    # the independent check can fail: the leaky teacher is caught by it
+    assert _states_answer(ScriptedTeacher(reveal_answer=True).reply(TeacherView(
+        task=tasks[0], variant="full", label="attempt", turn=3, check={"extracted": "0", "passed": False},
+        messages=[{"role": "user", "content": tasks[0]["prompt"]}, {"role": "assistant", "content": "0"}])),
+        tasks[0]["answer"])
+
+
+# --- token ids, the real student, transcripts, metrics ---------------------------------------------
+
+def test_appended_turn_ids_equal_a_full_template_render(tok, model):
+    student = Student(model, tok, device="cpu")
+    assert student.pieces == ChatPieces("<|im_end|>\n", "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n")
+    task = math_task()
+    ds = run_dialogues([task], replay(tok, model, ["The answer is 1.", "2 + 2 = 5\nThe answer is 5.", "?"]),
+                       ScriptedTeacher(), max_turns=3, progress=False)
+    d = ds[0]
+    rendered = tok.apply_chat_template(d.messages, tokenize=False)
+    assert tok.decode(d.ids, skip_special_tokens=False) + "<|im_end|>\n" == rendered
+    closed = d.messages + [{"role": "user", "content": "x"}]
+    assert student.extend(d.ids, d.messages, "x") == tok(tok.apply_chat_template(
+        closed, tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+
+
+def test_batched_left_padded_sampling_matches_one_at_a_time(tok, model):
+    student = Student(model, tok, device="cpu")
+    prompts = [student.prompt_ids([{"role": "user", "content": t["prompt"]}]) for t in toy_math.generate(5, 1)]
+    batched = student.generate(prompts, max_new_tokens=12, temperature=0, batch_size=5)
+    single = [student.generate([p], max_new_tokens=12, temperature=0)[0] for p in prompts]
+    assert batched == single
+    assert any(ids for ids, _ in batched)
+
+
+def test_engine_runs_a_real_model_and_transcripts_round_trip(tok, model, tmp_path):
+    student = Student(model, tok, device="cpu")
+    tasks = toy_math.generate(6, 2)
+    ds = run_dialogues(tasks, student, ScriptedTeacher(), max_turns=3, samples_per_task=2, max_new_tokens=16,
+                       progress=False)
+    assert len(ds) == 12 and all(1 <= d.turns <= 3 for d in ds)
+    for d in ds:
+        assert len(d.student_ids) == d.turns and len(d.leaks) == d.turns - 1  # no reply after the last turn
+    data = transcripts.to_dataset(ds, gamma=0.7)
+    transcripts.save(data, tmp_path / "t")
+    back = transcripts.load(tmp_path / "t")
+    assert back.to_list() == data.to_list()
+    assert back.features == transcripts.FEATURES
+
+
+def test_success_at_k_is_cumulative_with_wilson_intervals():
+    solved = {"solved_turn": [1, 0, 3, 2, 0, 10, 1, 0]}
+    table = transcripts.success_at(solved, 10)
+    assert table["success"].tolist()[:3] == [2 / 8, 3 / 8, 4 / 8]
+    assert table["success"].iloc[-1] == 5 / 8
+    assert table["success"].is_monotonic_increasing and (table["n"] == 8).all()
+    assert ((table["ci_low"] <= table["success"]) & (table["success"] <= table["ci_high"])).all()
+    low, high = transcripts.wilson(0, 20)
+    assert low == 0 and 0 < high < 0.2
+
+
+def test_behaviour_rates():
+    data = {"labels": [["attempt", "question", "attempt"], ["other", "attempt"]],
+            "premature": [[True, False, False], [False, False]],
+            "leaks": [[False, False], [True]], "solved_turn": [3, 0]}
+    b = transcripts.behaviour(data)
+    assert b == {"premature_rate": 1 / 3, "question_rate": 1 / 5, "mean_turns_to_solve": 3.0, "leak_rate": 1 / 3}
+    assert math.isnan(transcripts.behaviour({**data, "solved_turn": [0, 0]})["mean_turns_to_solve"])
+
+
+def test_upsert_csv_replaces_only_matching_rows(tmp_path):
+    path = tmp_path / "eval.csv"
+    row = dict(condition="base", train_domain="none", eval_domain="math", variant="full", seed=0, turn=1, success=0.1, n=5)
+    transcripts.upsert_csv(path, pd.DataFrame([row, {**row, "eval_domain": "code"}]), transcripts.EVAL_COLUMNS)
+    transcripts.upsert_csv(path, pd.DataFrame([{**row, "success": 0.3}]), transcripts.EVAL_COLUMNS)
+    table = pd.read_csv(path)
+    assert len(table) == 2 and table.set_index("eval_domain").loc["math", "success"] == 0.3
+    with pytest.raises(ValueError, match="columns"):
+        pd.DataFrame({"x": [1]}).to_csv(path, index=False)
+        transcripts.upsert_csv(path, pd.DataFrame([row]), transcripts.EVAL_COLUMNS)
+
+
+def test_kv_cache_kept_between_turns_changes_nothing(tok, model):
+    """Reusing each dialogue's KV cache across turns gives the same greedy dialogues as re-reading them."""
+    student = Student(model, tok, device="cpu")
+    tasks = toy_math.generate(6, 3)
+    runs = [run_dialogues(tasks, student, ScriptedTeacher(), max_turns=3, temperature=0, max_new_tokens=12,
+                          progress=False, reuse_cache=reuse) for reuse in (False, True)]
+    assert [d.student_ids for d in runs[0]] == [d.student_ids for d in runs[1]]
+    assert sum(d.turns for d in runs[1]) > len(tasks)  # later turns did run from the cache
