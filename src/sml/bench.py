@@ -9,6 +9,8 @@ against a naive loop that runs one dialogue at a time, all measured in one proce
   tokens with none of the engine's work (no teacher, no bookkeeping, no ragged turn lengths);
 - naive: the same dialogues, one at a time (batch size 1), through the same engine.
 Each is measured ``repeats`` times and the median taken (the machines are shared and noisy).
+``engine_breakdown`` splits one more engine run into prefill (openings and teacher replies), decode
+steps and everything else (teacher, verifier, bookkeeping).
 """
 
 from __future__ import annotations
@@ -43,6 +45,36 @@ def _forced(student: Student, prompts: list[list[int]], length: int, temperature
                                pad_token_id=student.pad_id)
 
 
+def forward_breakdown(student: Student, fn) -> dict:
+    """Run ``fn`` while timing every forward pass of the student's model: prefills (several new tokens
+    per row: openings, then each teacher reply) vs decode steps (one token per row), and how many decode
+    steps ran with fewer than 8 rows left (the ragged tail of a round)."""
+    calls = []
+
+    def before(module, args, kwargs):
+        calls.append([tuple(kwargs["input_ids"].shape), time.perf_counter()])
+
+    def after(module, args, kwargs, output):
+        calls[-1][1] = time.perf_counter() - calls[-1][1]
+
+    hooks = [student.model.register_forward_pre_hook(before, with_kwargs=True),
+             student.model.register_forward_hook(after, with_kwargs=True)]
+    try:
+        start = time.perf_counter()
+        fn()
+        total = time.perf_counter() - start
+    finally:
+        for hook in hooks:
+            hook.remove()
+    prefill = [c for c in calls if c[0][1] > 1]
+    decode = [c for c in calls if c[0][1] == 1]
+    return {"total_s": round(total, 3), "prefill_calls": len(prefill), "prefill_s": round(sum(c[1] for c in prefill), 3),
+            "prefill_shapes": [list(c[0]) for c in prefill], "decode_steps": len(decode),
+            "decode_s": round(sum(c[1] for c in decode), 3),
+            "decode_steps_below_8_rows": sum(c[0][0] < 8 for c in decode),
+            "other_s": round(total - sum(c[1] for c in calls), 3)}
+
+
 def student_tokens(dialogues) -> int:
     return sum(len(ids) for d in dialogues for ids in d.student_ids)
 
@@ -75,6 +107,8 @@ def bench(student: Student, tasks, n_dialogues: int = 64, turns: int = 4, max_ne
         _forced(student, batch, max(1, round(n / len(batch))), temperature)
         for batch, n in zip(same_rounds, round_tokens)])[1]) for _ in range(repeats)]
 
+    breakdown = forward_breakdown(student, lambda: run_dialogues(tasks, student, teacher, batch_size=n_dialogues,
+                                                                 **common))
     naive = []
     for _ in range(repeats):
         dialogues, seconds = _timed(lambda: [d for t in tasks for d in run_dialogues([t], student, teacher,
@@ -87,7 +121,7 @@ def bench(student: Student, tasks, n_dialogues: int = 64, turns: int = 4, max_ne
             "raw_generate_same_contexts_tokens_per_s": round(same_rate, 1),
             "ratio_vs_raw_same_contexts": round(engine_rate / same_rate, 3),
             "naive_tokens_per_s": round(naive_rate, 1), "ratio_vs_raw": round(engine_rate / raw_rate, 3),
-            "ratio_vs_naive": round(engine_rate / naive_rate, 3),
+            "ratio_vs_naive": round(engine_rate / naive_rate, 3), "engine_breakdown": breakdown,
             "setup": {"dialogues": n_dialogues, "turns": turns, "domain": "math", "teacher": "scripted",
                       "engine_student_tokens": tokens, "engine_rounds": rounds, "raw_tokens_per_turn": per_turn,
                       "max_new_tokens": max_new_tokens, "temperature": temperature, "repeats": repeats,
