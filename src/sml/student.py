@@ -130,8 +130,8 @@ class Student:
         if width_past:
             for row, n in enumerate(cached):
                 past_mask[row, width_past - n:] = 1
-            for layer in range(len(next(p for p in pasts if p is not None).keys)):
-                like = next(p for p in pasts if p is not None).keys[layer]
+            first = next(p for p in pasts if p is not None)
+            for layer, like in enumerate(first.keys):
                 keys = like.new_zeros((len(prompts), like.shape[0], width_past, like.shape[-1]))
                 values = torch.zeros_like(keys)
                 for row, (p, n) in enumerate(zip(pasts, cached)):
