@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from .tasks.schema import metadata, prompt_for
-from .tasks.toy_math import steps_of
+from .tasks.toy_math import format_number, steps_of
 from .verify.math import ANY_NUMBER, extract_answer, parse_number
 
 LABELS = ("attempt", "question", "other")
@@ -153,10 +153,6 @@ class Teacher:
 
 # --- the scripted teacher ------------------------------------------------------------------------------
 
-def _fmt(value: Fraction) -> str:
-    return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
-
-
 class ScriptedTeacher(Teacher):
     """Rule-based feedback grounded in the verifier, in the kinds chosen by ``feedback``:
 
@@ -226,12 +222,12 @@ class ScriptedTeacher(Teacher):
                 a, op, b, c = Fraction(match.group(1)), match.group(2), Fraction(match.group(3)), Fraction(match.group(4))
                 if op == "/" and b == 0:
                     return [f"In '{match.group(0)}' you divide by zero."]
-                right = {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else None}[op]
+                right = {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else None}[op]  # the dict is built for every op
                 shown = f"{match.group(1)} {op} {match.group(3)}"
             else:
                 c, right, shown = Fraction(match.group(6)), -Fraction(match.group(5)), f"-({match.group(5)})"
             if right != c:
-                return [f"Check your work: {shown} is not {match.group(4) or match.group(6)}.", f"It is {_fmt(right)}."]
+                return [f"Check your work: {shown} is not {match.group(4) or match.group(6)}.", f"It is {format_number(right)}."]
         return []
 
     # code -------------------------------------------------------------------------------------

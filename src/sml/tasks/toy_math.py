@@ -27,7 +27,8 @@ def check_difficulty(generator: str, min_terms: int, max_terms: int, min_digits:
         raise TaskError(f"tasks.math_min_digits ({min_digits}) is larger than tasks.math_max_digits ({max_digits})")
 
 
-def _number(value: Fraction) -> str:
+def format_number(value: Fraction) -> str:
+    """``Fraction(6)`` -> ``6``, ``Fraction(1, 2)`` -> ``1/2``."""
     return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
 
 
@@ -44,12 +45,12 @@ def steps_of(expression: str) -> list[dict]:
             if isinstance(node.operand, ast.Constant):
                 return f"-{node.operand.value}", -Fraction(node.operand.value)
             inner, value = walk(node.operand)
-            words, equation, value = f"negate {inner}", f"-({_number(value)}) = {_number(-value)}", -value
+            words, equation, value = f"negate {inner}", f"-({format_number(value)}) = {format_number(-value)}", -value
         elif isinstance(node, ast.BinOp) and type(node.op) in _OPS:
             (left, a), (right, b) = walk(node.left), walk(node.right)
             op = _OPS[type(node.op)]
             value = {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else Fraction(0)}[op]
-            words, equation = f"compute {left} {op} {right}", f"{_number(a)} {op} {_number(b)} = {_number(value)}"
+            words, equation = f"compute {left} {op} {right}", f"{format_number(a)} {op} {format_number(b)} = {format_number(value)}"
         else:
             raise TaskError(f"cannot shard expression {expression!r}: unsupported {ast.dump(node)}")
         steps.append({"words": words, "equation": equation, "value": value})
