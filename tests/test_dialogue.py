@@ -264,18 +264,6 @@ def test_behaviour_rates():
     assert math.isnan(transcripts.behaviour({**data, "solved_turn": [0, 0]})["mean_turns_to_solve"])
 
 
-def test_upsert_csv_replaces_only_matching_rows(tmp_path):
-    path = tmp_path / "eval.csv"
-    row = dict(condition="base", train_domain="none", eval_domain="math", variant="full", seed=0, turn=1, success=0.1, n=5)
-    transcripts.upsert_csv(path, pd.DataFrame([row, {**row, "eval_domain": "code"}]), transcripts.EVAL_COLUMNS)
-    transcripts.upsert_csv(path, pd.DataFrame([{**row, "success": 0.3}]), transcripts.EVAL_COLUMNS)
-    table = pd.read_csv(path)
-    assert len(table) == 2 and table.set_index("eval_domain").loc["math", "success"] == 0.3
-    with pytest.raises(ValueError, match="columns"):
-        pd.DataFrame({"x": [1]}).to_csv(path, index=False)
-        transcripts.upsert_csv(path, pd.DataFrame([row]), transcripts.EVAL_COLUMNS)
-
-
 def test_kv_cache_kept_between_turns_changes_nothing(tok, model):
     """Reusing each dialogue's KV cache across turns gives the same greedy dialogues as re-reading them."""
     student = Student(model, tok, device="cpu")

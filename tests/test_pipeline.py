@@ -11,7 +11,7 @@ import papermill
 import pytest
 import yaml
 
-from sml import transcripts
+from sml import collect, transcripts
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -33,28 +33,59 @@ def test_source_notebooks_carry_no_outputs(path):
             assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: strip outputs (nbstripout)"
 
 
+def declared(entry):
+    return entry if isinstance(entry, str) else next(iter(entry))
+
+
 def test_stages_pass_only_known_parameters_and_declared_params():
+    """Each stage passes its notebook only parameters it has, and declares exactly the params.yaml keys
+    it reads (a whole section only when it reads all of it): changing one value reruns only the stages
+    that use it."""
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for name, stage in dvc["stages"].items():
         cmd = stage["cmd"]
         assert cmd.startswith("PYTHONPATH=src "), f"stage {name}: prefix cmd with PYTHONPATH=src"
-        notebook = REPO / re.search(r"papermill (\S+\.ipynb)", cmd).group(1)
+        used = set(re.findall(r"\$\{(\w+)\.(\w+)\}", cmd)) - {("item", k) for k in stage.get("matrix", {})}
+        for section, key in used:
+            assert key in params[section], f"stage {name}: params.yaml lacks {section}.{key}"
+        declared_params = {declared(p) for p in stage.get("params", [])}
+        whole = {p for p in declared_params if "." not in p}
+        assert all(set(params[section]) <= {k for s, k in used if s == section} for section in whole), \
+            f"stage {name}: declares a whole section it does not fully use"
+        assert {f"{s}.{k}" for s, k in used if s not in whole} | whole == declared_params, \
+            f"stage {name}: declared params differ from those its command uses"
+        notebook = re.search(r"papermill (\S+\.ipynb)", cmd)
+        if notebook is None:  # a plain python step (collect)
+            continue
+        notebook = REPO / notebook.group(1)
         assert str(notebook.relative_to(REPO)) in stage["deps"], f"stage {name}: its notebook must be a dep"
         passed = set(re.findall(r"-p (\w+) ", cmd))
         for inline in re.findall(r'-y "\{([^}]*)\}"', cmd):  # YAML-typed values (booleans)
             passed |= {item.split(":")[0].strip() for item in inline.split(",")}
-        assert passed <= parameters_of(notebook), f"stage {name}: passes unknown parameters"
-        for section, key in re.findall(r"\$\{(\w+)\.(\w+)\}", cmd):
-            assert key in params[section], f"stage {name}: params.yaml lacks {section}.{key}"
-            assert section in stage.get("params", []), f"stage {name}: declare params section {section}"
+        assert passed <= parameters_of(notebook), f"stage {name}: passes unknown parameters {passed - parameters_of(notebook)}"
+
+
+def test_evaluation_covers_exactly_the_trained_grid():
+    """DVC cannot pass a list to a command, so the evaluation repeats the training grid as strings."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert [int(s) for s in params["evaluation"]["seeds"].split(",")] == params["train"]["seeds"]
+    assert params["evaluation"]["train_domains"].split(",") == params["train"]["domains"]
+
+
+def run_notebook(name, out_root, **parameters):
+    papermill.execute_notebook(str(REPO / "notebooks" / f"{name}.ipynb"), str(out_root / f"{name}.ipynb"),
+                               parameters={"out_root": str(out_root), **parameters}, cwd=str(REPO),
+                               progress_bar=False, kernel_name="python3")
 
 
 def test_notebook_chain_runs_end_to_end(tmp_path):
-    """Every notebook, in order, with its smoke defaults, writing under a temporary out_root."""
+    """Every notebook, in pipeline order, with its smoke defaults, writing under a temporary out_root;
+    then the collect step."""
     for path in NOTEBOOKS:
-        papermill.execute_notebook(str(path), str(tmp_path / path.name), parameters={"out_root": str(tmp_path)},
-                                   cwd=str(REPO), progress_bar=False, kernel_name="python3")
+        run_notebook(path.stem, tmp_path)
+    run_notebook("08_evaluate", tmp_path, condition="st_sft")  # the second trained condition
+    summary = collect.collect(tmp_path)
     counts = json.loads((tmp_path / "metrics" / "tasks.json").read_text())
     assert counts["toy_math"]["train"] > 0 and counts["toy_code"]["eval"] > 0
     assert counts["toy_code"]["reference_pass_rate"] == 1.0
@@ -65,10 +96,23 @@ def test_notebook_chain_runs_end_to_end(tmp_path):
         (tmp_path / "metrics" / "base_student.json").read_text()))
     results = pd.read_csv(tmp_path / "metrics" / "eval.csv")
     assert list(results.columns) == transcripts.EVAL_COLUMNS
-    assert set(results["condition"]) == {"base"} and set(results["eval_domain"]) == {"math", "code"}
-    for _, cell in results.groupby(["eval_domain", "variant", "seed"]):
+    assert set(results["condition"]) == {"base", "sml_offline", "st_sft"}
+    assert set(results["eval_domain"]) == {"math", "code"}
+    for _, cell in results.groupby(transcripts.KEYS):
         assert cell["success"].is_monotonic_increasing and list(cell["turn"]) == list(range(1, len(cell) + 1))
     behaviour = pd.read_csv(tmp_path / "metrics" / "behaviour.csv")
-    assert list(behaviour.columns) == transcripts.BEHAVIOUR_COLUMNS and len(behaviour) == 4
+    assert list(behaviour.columns) == transcripts.BEHAVIOUR_COLUMNS
+    assert len(behaviour) == 4 + 2 + 2  # base: 2 domains x 2 variants; each trained condition: 2 eval domains
     assert (tmp_path / "data" / "transcripts" / "base" / "math_full_s0").exists()
     assert (tmp_path / "reports" / "figures" / "03_baseline.png").stat().st_size > 10_000
+    for condition in ("sml_offline", "st_sft"):
+        adapter = tmp_path / "models" / condition / "math_s0"
+        assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
+        live = json.loads((tmp_path / "metrics" / "train" / condition / "math_s0" / "metrics.json").read_text())
+        assert live["n_examples"] > 0 and "train" in live
+        assert (tmp_path / "reports" / "figures" / f"08_evaluate_{condition}.png").stat().st_size > 10_000
+        assert summary[condition]["math->math full"]["seeds"] == 1
+    offline = json.loads((tmp_path / "data" / "offline" / "math_s0" / "summary.json").read_text())
+    assert json.loads((tmp_path / "metrics" / "train" / "st_sft" / "math_s0" / "metrics.json").read_text())[
+        "n_examples"] == offline["n_examples"]  # the same budget of examples
+    assert set(summary["base"]) == {"none->math full", "none->math sharded", "none->code full", "none->code sharded"}

@@ -81,6 +81,15 @@ def test_build_writes_seeded_disjoint_splits(tmp_path):
     assert json.loads((tmp_path / "counts.json").read_text()) == counts
 
 
+def test_reading_a_task_set_never_writes_into_it(tmp_path):
+    """The task folder is a DVC output: cache files left by a shuffle or filter would change it."""
+    tasks.build(PARAMS, tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    train = tasks.load_tasks(tmp_path, "toy_math", "train")
+    train.shuffle(seed=1).filter(lambda t: True).select(range(3))
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
 @pytest.mark.parametrize("change, message", [
     ({"sources": ["toy_math", "wikipedia"]}, "tasks.sources"),
     ({"math_generator": "calculus"}, "tasks.math_generator"),

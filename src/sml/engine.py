@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from . import sandbox
 from .student import Student
 from .teacher import Teacher, TeacherView, classify, leaks
 from .verify import code as code_verifier
@@ -90,20 +91,24 @@ def _shard_to_reveal(d: Dialogue, label: str, text: str, shard_reveal: str) -> i
 
 
 class Judge:
-    """Runs the verifier on attempts; code checks go to the sandbox from a thread pool and are cached
-    per (task, code), since a student often repeats itself."""
+    """Runs the verifier on attempts; code checks go to a ``sandbox.Pool`` (started on the first one)
+    from a thread pool and are cached per (task, code), since a student often repeats itself."""
 
     def __init__(self, workers: int = 2):
         self.workers = workers
         self.cache: dict[tuple[str, str], dict] = {}
+        self.pool = None  # sandbox.Pool(workers), started on the first code check
 
     def checks(self, dialogues: list[Dialogue], replies: list[str], labels: list[str]) -> list[dict | None]:
         keys = [(d.task["id"], code_verifier.extract_code(r) if d.task["domain"] == "code" else r)
                 if label == "attempt" else None for d, r, label in zip(dialogues, replies, labels)]
         todo = {k: (d.task, r) for k, d, r in zip(keys, dialogues, replies) if k and k not in self.cache}
+        if self.pool is None and any(task["domain"] == "code" for task, _ in todo.values()):
+            self.pool = sandbox.Pool(self.workers)
         if todo:
-            with ThreadPoolExecutor(self.workers) as pool:
-                for k, result in zip(todo, pool.map(lambda tr: verify(*tr), todo.values())):
+            runner = self.pool.run if self.pool is not None else None
+            with ThreadPoolExecutor(self.workers) as threads:
+                for k, result in zip(todo, threads.map(lambda tr: verify(*tr, runner=runner), todo.values())):
                     self.cache[k] = result
         return [self.cache[k] if k else None for k in keys]
 

@@ -111,12 +111,14 @@ class HFTeacher(LLMTeacher):
     def __init__(self, model: str, *, max_new_tokens: int = 96, temperature: float = 0.0, batch_size: int = 16,
                  cache_dir: str | Path | None = None, device: str | None = None):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from .student import load_tokenizer
 
         super().__init__(model, max_new_tokens, temperature, cache_dir)
         self.batch_size = batch_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")
+        self.tokenizer = load_tokenizer(model, padding_side="left")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype="auto").to(self.device).eval()

@@ -11,20 +11,10 @@ from __future__ import annotations
 
 import datasets
 from transformers import TrainerCallback
-from trl import SFTConfig, SFTTrainer
+from trl import SFTTrainer
 
+from .sft import chat, sft_config
 from .tasks import toy_code, toy_math
-
-
-def answer_of(task: dict) -> str:
-    """The single-turn reply the base student is trained to give."""
-    if task["domain"] == "code":
-        return f"```python\n{task['solution'].strip()}\n```"
-    return task["solution"]
-
-
-def chat(task: dict) -> list[dict]:
-    return [{"role": "user", "content": task["prompt"]}, {"role": "assistant", "content": answer_of(task)}]
 
 
 def corpus(n_per_domain: int, seed: int, tasks_params: dict, exclude: set[str],
@@ -76,12 +66,8 @@ def pretrain(model, tokenizer, train: datasets.Dataset, out_dir: str, *, epochs:
              lr: float = 2e-3, seed: int = 0, callbacks=(), logging_steps: int = 10) -> list[dict]:
     """Train ``model`` on the chats in ``train`` (loss on the student's tokens only) with TRL's SFTTrainer;
     return the trainer's log history."""
-    config = SFTConfig(
-        output_dir=out_dir, num_train_epochs=epochs, per_device_train_batch_size=batch_size, learning_rate=lr,
-        lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.01, logging_steps=logging_steps,
-        save_strategy="no", report_to="none", seed=seed, data_seed=seed, bf16=False,
-        gradient_checkpointing=False, assistant_only_loss=True, max_length=512, dataset_num_proc=None,
-        disable_tqdm=False)
+    config = sft_config(out_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                        logging_steps=logging_steps, max_length=512)
     trainer = SFTTrainer(model=model, args=config, train_dataset=train.remove_columns(["domain"]),
                          processing_class=tokenizer, callbacks=list(callbacks))
     trainer.train()

@@ -11,10 +11,27 @@ turns) fall back to rendering the whole conversation.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoModelForCausalLM, AutoTokenizer, StaticCache, TokenizersBackend
+
+
+def load_tokenizer(name_or_path: str, **kwargs):
+    """``AutoTokenizer``, except that a local ``tokenizer.json`` is used exactly as saved.
+
+    transformers 5 rebuilds a model-specific tokenizer class's pre-tokenizer from the model type, so our
+    embedded student (a Qwen2 config with its own digit-splitting BPE) would come back with Qwen2's
+    whitespace splitting: code indentation would be encoded into token sequences the model never saw."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    saved = Path(name_or_path) / "tokenizer.json"
+    if saved.exists():
+        wanted = json.loads(saved.read_text()).get("pre_tokenizer")
+        if json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer") != wanted:
+            tokenizer = TokenizersBackend.from_pretrained(name_or_path, **kwargs)
+    return tokenizer
 
 
 def _render(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
@@ -67,13 +84,16 @@ class Student:
         self.max_length = getattr(config, "max_position_embeddings", None) or 4096
 
     @classmethod
-    def load(cls, model: str, adapter: str | None = None, dtype: str = "auto", device: str | None = None) -> Student:
-        """Load a model (hub id or local path) and, if given, a PEFT/LoRA adapter on top."""
-        tokenizer = AutoTokenizer.from_pretrained(model)
+    def load(cls, model: str, adapter: str | None = None, dtype: str = "auto", device: str | None = None,
+             merge: bool = True) -> Student:
+        """Load a model (hub id or local path) and, if given, a PEFT/LoRA adapter on top: merged into the
+        weights by default (sampling is then as fast as the base model's)."""
+        tokenizer = load_tokenizer(model)
         lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
         if adapter:
             from peft import PeftModel
             lm = PeftModel.from_pretrained(lm, adapter)
+            lm = lm.merge_and_unload() if merge else lm
         return cls(lm, tokenizer, device)
 
     # token ids of conversations -------------------------------------------------------------------
@@ -118,18 +138,22 @@ class Student:
         return out
 
     def _sample(self, prompts, pasts, max_new_tokens, temperature, top_p):
-        """A plain decoding loop over a KV cache that drops each sequence from the batch as soon as it ends
-        (turn lengths are ragged: ``generate`` would keep stepping finished rows until the longest turn
-        ends). Rows start from their cached past, left-padded to a common length; pads are masked."""
+        """A plain decoding loop that drops each sequence from the batch as soon as it ends (turn lengths
+        are ragged: ``generate`` would keep stepping finished rows until the longest turn ends). Rows
+        start from their cached past, left-padded to a common length; pads are masked. The KV cache is
+        allocated once for the whole turn (a growing cache copies itself at every step, which costs more
+        than the tiny model's own compute once dialogues are long)."""
         cached = [min(p.length, len(prompt) - 1) if p is not None else 0 for p, prompt in zip(pasts, prompts)]
         fresh = [prompt[n:] for prompt, n in zip(prompts, cached)]
         width_past, width_new = max(cached), max(map(len, fresh))
         ids, new_mask = left_pad(fresh, self.pad_id, width_new)
-        past_mask = torch.zeros((len(prompts), width_past), dtype=torch.long)
-        cache = DynamicCache(config=self.model.config)
+        capacity = width_past + width_new + max_new_tokens
+        mask = torch.zeros((len(prompts), capacity), dtype=torch.long)
+        mask[:, width_past:width_past + width_new] = new_mask
+        cache = StaticCache(config=self.model.config, max_cache_len=capacity)
         if width_past:
             for row, n in enumerate(cached):
-                past_mask[row, width_past - n:] = 1
+                mask[row, width_past - n:width_past] = 1
             first = next(p for p in pasts if p is not None)
             for layer, like in enumerate(first.keys):
                 keys = like.new_zeros((len(prompts), like.shape[0], width_past, like.shape[-1]))
@@ -138,22 +162,23 @@ class Student:
                     if n:
                         keys[row, :, width_past - n:] = p.keys[layer][:, :n]
                         values[row, :, width_past - n:] = p.values[layer][:, :n]
-                cache.update(keys, values, layer)
-        mask = torch.cat([past_mask, new_mask], dim=-1).to(self.device)
+                cache.update(keys.to(self.device), values.to(self.device), layer)
+        mask = mask.to(self.device)
         position = (torch.tensor(cached)[:, None] + new_mask.cumsum(-1) - 1).clamp(min=0).to(self.device)
         logits = self.model(input_ids=ids.to(self.device), attention_mask=mask, position_ids=position,
-                            past_key_values=cache, use_cache=True).logits[:, -1]
+                            past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         rows = torch.arange(len(prompts), device=self.device)
         tokens: list[list[int]] = [[] for _ in prompts]
         ended = [False] * len(prompts)
         new_pasts: list[Past | None] = [None] * len(prompts)
         last = position[:, -1]
+        filled = width_past + width_new  # cache slots written so far
 
         def keep_past(batch_rows):
             for b in batch_rows.tolist():
-                real = mask[b].bool()
-                new_pasts[rows[b].item()] = Past([layer.keys[b][:, real] for layer in cache.layers],
-                                                 [layer.values[b][:, real] for layer in cache.layers])
+                real = mask[b, :filled].bool()
+                new_pasts[rows[b].item()] = Past([layer.keys[b][:, :filled][:, real] for layer in cache.layers],
+                                                 [layer.values[b][:, :filled][:, real] for layer in cache.layers])
 
         for step in range(max_new_tokens):
             chosen = _pick(logits, temperature, top_p)
@@ -170,8 +195,10 @@ class Student:
                 keep = going.nonzero().squeeze(-1)
                 rows, chosen, mask, last = rows[keep], chosen[keep], mask[keep], last[keep]
                 for layer in cache.layers:
-                    layer.batch_select_indices(keep)
-            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)
+                    layer.keys, layer.values = layer.keys[keep], layer.values[keep]
+                    layer.batch_size = len(keep)
+            mask[:, filled] = 1
+            filled += 1
             last = last + 1
             logits = self.model(input_ids=chosen[:, None], attention_mask=mask, position_ids=last[:, None],
                                 past_key_values=cache, use_cache=True).logits[:, -1]

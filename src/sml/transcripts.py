@@ -55,7 +55,7 @@ def save(transcripts: datasets.Dataset, path: str | Path) -> None:
 def load(path: str | Path) -> datasets.Dataset:
     if not Path(path).exists():
         raise FileNotFoundError(f"no transcripts at {path}")
-    return datasets.load_from_disk(str(path))
+    return datasets.load_from_disk(str(path), keep_in_memory=True)  # no cache files written into a DVC output
 
 
 # --- metrics --------------------------------------------------------------------------------------------
@@ -103,21 +103,12 @@ BEHAVIOUR_COLUMNS = ["condition", "train_domain", "eval_domain", "variant", "see
 KEYS = ["condition", "train_domain", "eval_domain", "variant", "seed"]
 
 
-def upsert_csv(path: str | Path, rows: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Write ``rows`` into the long-format CSV at ``path``, replacing earlier rows with the same keys
-    (condition, train_domain, eval_domain, variant, seed) and keeping all others, so stages that share
-    a metrics file do not erase each other's results."""
+def write_csv(path: str | Path, rows: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Write ``rows`` (sorted by their keys) to ``path`` atomically: a crash never leaves half a file."""
     path = Path(path)
-    rows = rows[columns]
-    if path.exists():
-        old = pd.read_csv(path)
-        if list(old.columns) != columns:
-            raise ValueError(f"{path}: columns {list(old.columns)} are not the contract's {columns}")
-        same = old[KEYS].astype(str).apply(tuple, axis=1).isin(set(rows[KEYS].astype(str).apply(tuple, axis=1)))
-        rows = pd.concat([old[~same], rows], ignore_index=True)
-    rows = rows.sort_values([c for c in columns if c in KEYS + ["turn"]], kind="stable").reset_index(drop=True)
+    rows = rows[columns].sort_values([c for c in columns if c in KEYS + ["turn"]], kind="stable").reset_index(drop=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     rows.to_csv(tmp, index=False)
-    tmp.replace(path)  # atomic: a crash never leaves half a metrics file
+    tmp.replace(path)
     return rows

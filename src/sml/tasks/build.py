@@ -82,4 +82,6 @@ def load_tasks(out_dir: str | Path, source: str, split_name: str = "eval") -> da
     path = Path(out_dir) / source
     if not path.exists():
         raise TaskError(f"no task set {source!r} under {out_dir}: run the 'tasks' stage first (dvc repro tasks)")
-    return datasets.load_from_disk(str(path))[split_name]
+    # In memory: transforms (shuffle, filter) of a dataset read from disk would write cache files into the
+    # task folder, a DVC output, and so change it under every stage that reads it.
+    return datasets.load_from_disk(str(path), keep_in_memory=True)[split_name]

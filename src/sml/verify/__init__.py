@@ -3,6 +3,7 @@
 from . import code, math
 
 
-def verify(task: dict, reply: str) -> dict:
-    """Domain dispatch; the result always has ``passed``."""
-    return (math if task["domain"] == "math" else code).verify(task, reply)
+def verify(task: dict, reply: str, **kwargs) -> dict:
+    """Domain dispatch; the result always has ``passed``. ``kwargs`` (e.g. ``runner``) go to the code
+    verifier only."""
+    return math.verify(task, reply) if task["domain"] == "math" else code.verify(task, reply, **kwargs)

@@ -1,0 +1,77 @@
+"""Gather every stage's evaluation rows into the contract files.
+
+Each evaluating stage writes its own parts (``metrics/parts/eval/<name>.csv`` and
+``metrics/parts/behaviour/<name>.csv``), so stages never share an output; this step concatenates them
+into ``metrics/eval.csv`` and ``metrics/behaviour.csv`` and summarises SR@1/4/10 per condition and
+domain pair in ``metrics/summary.json`` (mean over seeds, with a 95% Wilson interval over all
+evaluation dialogues of the seeds pooled).
+
+Run: ``PYTHONPATH=src python -m sml.collect [--root .]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .transcripts import BEHAVIOUR_COLUMNS, EVAL_COLUMNS, KEYS, wilson, write_csv
+
+SUMMARY_TURNS = (1, 4, 10)
+
+
+def read_parts(folder: Path, columns: list[str]) -> pd.DataFrame:
+    parts = sorted(folder.glob("*.csv"))
+    if not parts:
+        raise FileNotFoundError(f"no metric parts in {folder}: run the evaluating stages first")
+    frames = []
+    for path in parts:
+        frame = pd.read_csv(path)
+        if list(frame.columns) != columns:
+            raise ValueError(f"{path}: columns {list(frame.columns)} are not the contract's {columns}")
+        frames.append(frame)
+    rows = pd.concat(frames, ignore_index=True)
+    duplicated = rows.duplicated(subset=[c for c in columns if c in KEYS + ["turn"]])
+    if duplicated.any():
+        raise ValueError(f"{folder}: two parts hold the same cell, e.g. {rows[duplicated].iloc[0][KEYS].to_dict()}")
+    return rows
+
+
+def summary(rows: pd.DataFrame, turns=SUMMARY_TURNS) -> dict:
+    """``{condition: {"<train>-><eval> <variant>": {"sr1": .., "sr1_ci": [lo, hi], ..., "n": .., "seeds": ..}}}``."""
+    out: dict = {}
+    cells = rows.groupby(["condition", "train_domain", "eval_domain", "variant"])
+    for (condition, train, evaluated, variant), cell in cells:
+        entry = {}
+        for k in turns:
+            at = cell[cell["turn"] == k]
+            if at.empty:
+                continue
+            solved, n = float((at["success"] * at["n"]).sum()), int(at["n"].sum())
+            entry[f"sr{k}"] = round(float(at["success"].mean()), 4)
+            entry[f"sr{k}_ci"] = [round(x, 4) for x in wilson(solved, n)]
+        entry["n"] = int(cell[cell["turn"] == 1]["n"].sum())
+        entry["seeds"] = int(cell["seed"].nunique())
+        out.setdefault(condition, {})[f"{train}->{evaluated} {variant}"] = entry
+    return out
+
+
+def collect(root: str | Path = ".") -> dict:
+    """Write the contract files under ``root/metrics`` from the parts; return the summary."""
+    metrics = Path(root) / "metrics"
+    evals = read_parts(metrics / "parts" / "eval", EVAL_COLUMNS)
+    behaviour = read_parts(metrics / "parts" / "behaviour", BEHAVIOUR_COLUMNS)
+    write_csv(metrics / "eval.csv", evals, EVAL_COLUMNS)
+    write_csv(metrics / "behaviour.csv", behaviour, BEHAVIOUR_COLUMNS)
+    result = summary(evals)
+    (metrics / "summary.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default=".", help="folder holding metrics/parts (default: the repository root)")
+    result = collect(parser.parse_args().root)
+    print(json.dumps(result, indent=2, sort_keys=True))
