@@ -92,7 +92,7 @@ def single_turn(tasks, n: int, seed: int) -> datasets.Dataset:
 
 
 def train(model, tokenizer, data: datasets.Dataset, out_dir: str, *, epochs: float, batch_size: int, lr: float,
-          seed: int, callbacks=(), logging_steps: int = 5) -> list[dict]:
+          seed: int, callbacks=(), logging_steps: int = 1) -> list[dict]:
     """Train ``model`` (a PEFT model: only the adapter learns) on the chats in ``data``; return the log."""
     if len(data) == 0:
         raise ValueError("sft.train: no training examples (did any dialogue succeed?)")
