@@ -115,7 +115,7 @@ def test_training_without_examples_is_a_clear_error(tok):
     empty = datasets.Dataset.from_list([{"messages": [{"role": "user", "content": "x"}]}]).select([])
     with pytest.raises(ValueError, match="no training examples"):
         sft.train(model, tok, empty, "/tmp/sml-test-sft", epochs=1, batch_size=2, lr=1e-3, seed=0)
-    with pytest.raises(ValueError, match="lora.r"):
+    with pytest.raises(ValueError, match="finetune.lora_r"):
         sft.add_adapter(tiny_model(tok), r=0)
 
 

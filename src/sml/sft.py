@@ -48,7 +48,7 @@ def add_adapter(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0, se
     """Wrap ``model`` in a fresh LoRA adapter on every linear layer. Seeding right before the adapter is
     created makes its initial weights (and so the whole run) a function of ``seed``."""
     if r < 1:
-        raise ValueError(f"lora.r: must be a positive integer, got {r!r}")
+        raise ValueError(f"finetune.lora_r: must be a positive integer, got {r!r}")
     torch.manual_seed(seed)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
     return get_peft_model(model, config)
