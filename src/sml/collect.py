@@ -39,20 +39,28 @@ def read_parts(folder: Path, columns: list[str]) -> pd.DataFrame:
     return rows
 
 
+def pooled(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per turn, SR@turn averaged over the seeds of ``rows`` (one cell) and a 95% Wilson interval over
+    all their evaluation dialogues pooled: columns ``turn, success, ci_low, ci_high, n``."""
+    out = []
+    for turn, at in rows.groupby("turn"):
+        n = int(at["n"].sum())
+        low, high = wilson(float((at["success"] * at["n"]).sum()), n)
+        out.append({"turn": int(turn), "success": float(at["success"].mean()), "ci_low": low, "ci_high": high, "n": n})
+    return pd.DataFrame(out)
+
+
 def summary(rows: pd.DataFrame, turns=SUMMARY_TURNS) -> dict:
     """``{condition: {"<train>-><eval> <variant>": {"sr1": .., "sr1_ci": [lo, hi], ..., "n": .., "seeds": ..}}}``."""
     out: dict = {}
     cells = rows.groupby(["condition", "train_domain", "eval_domain", "variant"])
     for (condition, train, evaluated, variant), cell in cells:
+        curve = pooled(cell).set_index("turn")
         entry = {}
-        for k in turns:
-            at = cell[cell["turn"] == k]
-            if at.empty:
-                continue
-            solved, n = float((at["success"] * at["n"]).sum()), int(at["n"].sum())
-            entry[f"sr{k}"] = round(float(at["success"].mean()), 4)
-            entry[f"sr{k}_ci"] = [round(x, 4) for x in wilson(solved, n)]
-        entry["n"] = int(cell[cell["turn"] == 1]["n"].sum())
+        for k in (k for k in turns if k in curve.index):
+            entry[f"sr{k}"] = round(curve.loc[k, "success"], 4)
+            entry[f"sr{k}_ci"] = [round(curve.loc[k, "ci_low"], 4), round(curve.loc[k, "ci_high"], 4)]
+        entry["n"] = int(curve.loc[1, "n"])
         entry["seeds"] = int(cell["seed"].nunique())
         out.setdefault(condition, {})[f"{train}->{evaluated} {variant}"] = entry
     return out
