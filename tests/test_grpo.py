@@ -2,9 +2,12 @@
 
 from types import SimpleNamespace
 
+import datasets
 import pytest
+import torch
+from trl import GRPOTrainer
 
-from sml import grpo
+from sml import grpo, sft
 from sml.engine import run_dialogues
 from sml.tasks import toy_math
 from sml.teacher import ScriptedTeacher
@@ -55,6 +58,10 @@ def test_rewards_are_the_discounted_returns(tok):
     assert out["reward"] == pytest.approx([1.0, 0.7, 0.7 ** 3, 0.0])
     assert out["solved_turn"] == [1, 2, 4, 0] and out["logprobs"] is None
     assert grpo.conversation_reward(completions=[None] * 4, reward=out["reward"]) == out["reward"]
+    logged = {}
+    grpo.conversation_reward(completions=[None] * 4, reward=out["reward"], solved_turn=out["solved_turn"],
+                             log_metric=logged.__setitem__)
+    assert logged == {"success": 0.75, "solved_turn": pytest.approx(7 / 3)}
 
 
 def test_rollout_func_returns_one_conversation_per_prompt_received(tok):
@@ -73,3 +80,125 @@ def test_rollout_func_returns_one_conversation_per_prompt_received(tok):
     assert model.training  # the trainer's mode is restored after sampling
     with pytest.raises(KeyError, match="match no task"):
         rollout(["What is 1 + 1?"], trainer)
+
+
+def test_turn_spans_cover_exactly_the_student_tokens(tok):
+    dialogues = [dialogue(tok, t) for t in (1, 3, 0)]
+    out = grpo.rollout_outputs(dialogues, tok.convert_tokens_to_ids("<|im_end|>"), gamma=0.7)
+    for mask, spans in zip(out["env_mask"], out["turn_spans"]):
+        covered = [0] * len(mask)
+        for start, end in spans:
+            covered[start:end] = [1] * (end - start)
+        assert covered == mask
+    assert out["turn_returns"] == [[1.0], pytest.approx([0.49, 0.7, 1.0]), [0.0] * 4]
+
+
+def test_turn_advantages_by_hand():
+    # One group of 3 conversations: solved at turn 1; solved at turn 2 (gamma 0.5); never (2 turns).
+    returns = [[1.0], [0.5, 1.0], [0.0, 0.0]]
+    spans = [[(0, 2)], [(0, 1), (3, 5)], [(0, 2), (4, 6)]]
+    adv = grpo.turn_advantages(returns, spans, group_size=3, width=7, scale=False)
+    turn1 = 1.5 / 3  # mean return at turn 1 over all three
+    assert adv[0].tolist() == pytest.approx([1 - turn1] * 2 + [0] * 5)
+    # Turn 2 is reached by conversations 1 and 2 only: mean 0.5.
+    assert adv[1].tolist() == pytest.approx([0.5 - turn1, 0, 0, 0.5, 0.5, 0, 0])
+    assert adv[2].tolist() == pytest.approx([-turn1] * 2 + [0, 0, -0.5, -0.5, 0])
+    scaled = grpo.turn_advantages(returns, spans, group_size=3, width=7)
+    assert scaled[1, 3].item() == pytest.approx(0.5 / (torch.tensor([1.0, 0.0]).std().item() + 1e-4))
+    alone = grpo.turn_advantages([[0.0, 0.0, 1.0], [1.0]], [[(0, 1), (1, 2), (2, 3)], [(0, 1)]], 2, 3)
+    assert alone[0, 2].item() == 0.0  # nobody else reached turn 3: no baseline, no credit
+    with pytest.raises(ValueError, match="groups of 2"):
+        grpo.turn_advantages(returns, spans, group_size=2, width=7)
+
+
+def length_reward(completions, **kwargs):
+    """A reward a random model can earn (the toy tasks it almost never solves): shorter is better."""
+    return [-float(len(c)) for c in completions]
+
+
+def trainer_for(tok, tasks, trainer_class=None, steps=1, lr=0.05, **rollout_kwargs):
+    model = sft.add_adapter(tiny_model(tok), r=4, alpha=8, seed=0)
+    config = grpo.grpo_config("/tmp/sml-test-grpo", steps=steps, tasks_per_step=2, group_size=4, lr=lr, seed=0,
+                              warmup_steps=0)
+    return (trainer_class or GRPOTrainer)(
+        model=model, reward_funcs=length_reward, args=config, processing_class=tok,
+        train_dataset=datasets.Dataset.from_dict({"prompt": [t["prompt"] for t in tasks]}),
+        rollout_func=grpo.make_rollout_func(tasks, ScriptedTeacher(), max_new_tokens=8, **rollout_kwargs))
+
+
+def student_logprob(model, sample) -> float:
+    ids = torch.tensor([sample["prompt_ids"] + sample["completion_ids"]])
+    with torch.no_grad():
+        logps = torch.log_softmax(model(ids).logits[0, :-1].float(), -1).gather(1, ids[0, 1:, None])[:, 0]
+    mask = torch.tensor([0] * len(sample["prompt_ids"]) + sample["env_mask"])[1:].bool()
+    return logps[mask].sum().item()
+
+
+def test_rollouts_sample_from_the_adapter_being_trained(tok):
+    tasks = toy_math.generate(4, 0)
+    trainer = trainer_for(tok, tasks, max_turns=2, temperature=2.0)  # flat enough that a small update shows
+    model = trainer.model
+    base = tiny_model(tok)  # the same base weights, no adapter
+    lora_before = {n: p.clone() for n, p in model.named_parameters() if "lora_B" in n}
+    base_before = {n: p.clone() for n, p in model.named_parameters() if "lora_" not in n}
+    trainer.train()
+    assert any(not torch.equal(p, lora_before[n]) for n, p in model.named_parameters() if n in lora_before)
+    assert all(torch.equal(p, base_before[n]) for n, p in model.named_parameters() if n in base_before)
+
+    merged = sft.inference_copy(model)  # what the rollout samples from: itself, not the live model
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    ids = torch.tensor([tok.encode(tasks[0]["prompt"])])
+    with torch.no_grad(), model.disable_adapter():
+        untrained = model(ids).logits
+    with torch.no_grad():
+        live = model(ids).logits
+        assert torch.allclose(merged(ids).logits, live, atol=1e-4) and not torch.allclose(live, untrained, atol=1e-3)
+        for module in model.modules():  # break the live model: the copy must not notice
+            if hasattr(module, "lora_B"):
+                module.lora_B.default.weight.add_(1.0)
+        assert torch.allclose(merged(ids).logits, live, atol=1e-4)
+        for module in model.modules():
+            if hasattr(module, "lora_B"):
+                module.lora_B.default.weight.sub_(1.0)
+
+    rollout = trainer.rollout_func
+    prompts = [t["prompt"] for t in tasks]
+    out = rollout(prompts, trainer)
+    assert out == rollout(prompts, trainer)  # same step, same seed: the same conversations
+    as_base = rollout(prompts, SimpleNamespace(model=base, processing_class=tok, args=trainer.args, state=trainer.state,
+                                               accelerator=trainer.accelerator))
+    assert as_base["completion_ids"] != out["completion_ids"]  # so sampling went through the adapter
+    samples = [dict(prompt_ids=p, completion_ids=c, env_mask=m)
+               for p, c, m in zip(out["prompt_ids"], out["completion_ids"], out["env_mask"])]
+    trained = [student_logprob(model.eval(), s) for s in samples]
+    assert trained != pytest.approx([student_logprob(base.eval(), s) for s in samples], abs=1e-3)
+
+
+def test_turn_credit_trainer_trains_on_per_token_advantages(tok, monkeypatch):
+    # A random model never solves a task, so every return would be 0: score turns by their tokens instead.
+    monkeypatch.setattr(grpo, "turn_returns", lambda d, gamma: [float(sum(ids) % 5) for ids in d.student_ids])
+    seen = []
+
+    class Spy(grpo.TurnCreditGRPOTrainer):
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)
+            seen.append((out["advantages"], out["completion_ids"], out["tool_mask"], inputs))
+            return out
+
+    trainer_for(tok, toy_math.generate(4, 1), Spy, max_turns=2).train()
+    [(adv, ids, mask, inputs)] = seen
+    assert adv.shape == ids.shape  # one advantage per completion token
+    assert torch.all(adv[mask == 0] == 0)  # teacher tokens never carry credit
+    expected = grpo.turn_advantages([x["turn_returns"] for x in inputs], [x["turn_spans"] for x in inputs], 4,
+                                    ids.shape[1])
+    assert torch.equal(adv, expected) and adv.abs().sum() > 0
+
+
+def test_grpo_settings_are_checked_by_name(tok):
+    with pytest.raises(ValueError, match="online_sml.group_size"):
+        grpo.grpo_config("/tmp/x", steps=1, tasks_per_step=1, group_size=1, lr=1e-3, seed=0)
+    with pytest.raises(ValueError, match="online_sml.steps"):
+        grpo.grpo_config("/tmp/x", steps=0, tasks_per_step=1, group_size=4, lr=1e-3, seed=0)
+    with pytest.raises(ValueError, match="online_sml.credit"):
+        grpo.train(None, tok, toy_math.generate(2, 0), ScriptedTeacher(), "/tmp/x", steps=1, tasks_per_step=1,
+                   group_size=2, lr=1e-3, seed=0, max_turns=2, gamma=0.7, credit="token")

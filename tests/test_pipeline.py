@@ -15,6 +15,7 @@ from sml import collect, transcripts
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+TRAINED = ("sml_offline", "st_sft", "sml_online", "st_rl")  # the conditions the smoke chain trains and evaluates
 
 
 def parameters_of(path):
@@ -84,7 +85,9 @@ def test_notebook_chain_runs_end_to_end(tmp_path):
     then the collect step."""
     for path in NOTEBOOKS:
         run_notebook(path.stem, tmp_path)
-    run_notebook("08_evaluate", tmp_path, condition="st_sft")  # the second trained condition
+    run_notebook("06_single_turn_baselines", tmp_path, baseline="rl")
+    for condition in TRAINED[1:]:
+        run_notebook("08_evaluate", tmp_path, condition=condition)
     summary = collect.collect(tmp_path)
     counts = json.loads((tmp_path / "metrics" / "tasks.json").read_text())
     assert counts["toy_math"]["train"] > 0 and counts["toy_code"]["eval"] > 0
@@ -96,23 +99,28 @@ def test_notebook_chain_runs_end_to_end(tmp_path):
         (tmp_path / "metrics" / "base_student.json").read_text()))
     results = pd.read_csv(tmp_path / "metrics" / "eval.csv")
     assert list(results.columns) == transcripts.EVAL_COLUMNS
-    assert set(results["condition"]) == {"base", "sml_offline", "st_sft"}
+    assert set(results["condition"]) == {"base", *TRAINED}
     assert set(results["eval_domain"]) == {"math", "code"}
     for _, cell in results.groupby(transcripts.KEYS):
         assert cell["success"].is_monotonic_increasing and list(cell["turn"]) == list(range(1, len(cell) + 1))
     behaviour = pd.read_csv(tmp_path / "metrics" / "behaviour.csv")
     assert list(behaviour.columns) == transcripts.BEHAVIOUR_COLUMNS
-    assert len(behaviour) == 4 + 2 + 2  # base: 2 domains x 2 variants; each trained condition: 2 eval domains
+    assert len(behaviour) == 4 + 2 * len(TRAINED)  # base: 2 domains x 2 variants; trained: 2 eval domains
     assert (tmp_path / "data" / "transcripts" / "base" / "math_full_s0").exists()
     assert (tmp_path / "reports" / "figures" / "03_baseline.png").stat().st_size > 10_000
-    for condition in ("sml_offline", "st_sft"):
+    for condition in TRAINED:
         adapter = tmp_path / "models" / condition / "math_s0"
         assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
         live = json.loads((tmp_path / "metrics" / "train" / condition / "math_s0" / "metrics.json").read_text())
-        assert live["n_examples"] > 0 and "train" in live
+        assert live.get("n_examples", 1) > 0 and "train" in live
         assert (tmp_path / "reports" / "figures" / f"08_evaluate_{condition}.png").stat().st_size > 10_000
         assert summary[condition]["math->math full"]["seeds"] == 1
     offline = json.loads((tmp_path / "data" / "offline" / "math_s0" / "summary.json").read_text())
     assert json.loads((tmp_path / "metrics" / "train" / "st_sft" / "math_s0" / "metrics.json").read_text())[
         "n_examples"] == offline["n_examples"]  # the same budget of examples
+    for condition, curve, figure in (("sml_online", "reward", "05_online_sml"), ("st_rl", "success", "06_st_rl")):
+        steps = pd.read_csv(tmp_path / "metrics" / "train" / condition / "math_s0" / "plots" / "metrics" / f"{curve}.tsv",
+                            sep="\t")
+        assert len(steps) == 2 and steps[curve].between(0, 1).all()  # the smoke runs take 2 GRPO steps
+        assert (tmp_path / "reports" / "figures" / f"{figure}_math_s0.png").stat().st_size > 10_000
     assert set(summary["base"]) == {"none->math full", "none->math sharded", "none->code full", "none->code sharded"}

@@ -14,8 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import datasets
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
 from .engine import Dialogue, run_dialogues
+from .sft import inference_copy
 from .student import Student
+
+CREDIT = ("conversation", "turn")
 
 
 def conversation_sample(d: Dialogue, eos_id: int) -> dict:
@@ -36,24 +43,77 @@ def rollout_outputs(dialogues: list[Dialogue], eos_id: int, gamma: float) -> dic
     """What ``rollout_func`` returns for these dialogues, in order: the three required keys, ``env_mask``,
     and per conversation the ``reward`` and ``solved_turn`` (passed on to reward functions)."""
     samples = [conversation_sample(d, eos_id) for d in dialogues]
+    offsets = [d.turn_starts[0] for d in dialogues]
     return {"prompt_ids": [s["prompt_ids"] for s in samples],
             "completion_ids": [s["completion_ids"] for s in samples],
             "logprobs": None,  # the trainer recomputes them (no vLLM)
             "env_mask": [s["env_mask"] for s in samples],
             "reward": [d.reward(gamma) for d in dialogues],
-            "solved_turn": [d.solved_turn for d in dialogues]}
+            "solved_turn": [d.solved_turn for d in dialogues],
+            "turn_returns": [turn_returns(d, gamma) for d in dialogues],
+            "turn_spans": [[(start - off, start - off + len(ids) + 1) for start, ids in zip(d.turn_starts, d.student_ids)]
+                           for d, off in zip(dialogues, offsets)]}
 
 
-def conversation_reward(completions, reward, **kwargs) -> list[float]:
-    """The reward function for ``GRPOTrainer``: the return the rollout already computed."""
+def turn_returns(d: Dialogue, gamma: float) -> list[float]:
+    """The return from each student turn on: ``gamma ** (s - t)`` for turn ``t`` of a dialogue solved at
+    turn ``s``, 0 for every turn of an unsolved one. Turn 1's return is the conversation's."""
+    return [gamma ** (d.solved_turn - t) if d.solved_turn else 0.0 for t in range(1, d.turns + 1)]
+
+
+def turn_advantages(returns: list[list[float]], spans: list[list[tuple[int, int]]], group_size: int, width: int,
+                    scale: bool = True) -> torch.Tensor:
+    """Per-token advantages for turn-level credit: each student turn's tokens get its return minus the mean
+    return at the same turn over the conversations of its group (same task) that reached that turn,
+    divided by their standard deviation when ``scale``. A turn nobody else reached gets 0."""
+    if len(returns) % group_size:
+        raise ValueError(f"turn_advantages: {len(returns)} conversations do not split into groups of {group_size}")
+    adv = torch.zeros(len(returns), width)
+    for first in range(0, len(returns), group_size):
+        group = range(first, first + group_size)
+        for t in range(max(len(returns[i]) for i in group)):
+            members = [i for i in group if len(returns[i]) > t]
+            values = torch.tensor([returns[i][t] for i in members])
+            centred = values - values.mean()
+            if scale and len(members) > 1:
+                centred = centred / (values.std() + 1e-4)
+            for i, a in zip(members, centred.tolist()):
+                start, end = spans[i][t]
+                adv[i, start:end] = a
+    return adv
+
+
+class TurnCreditGRPOTrainer(GRPOTrainer):
+    """GRPO with turn-level credit: TRL's loss accepts per-token advantages, so each student turn is
+    credited with its own discounted return (``turn_advantages``) instead of the whole conversation's."""
+
+    def _generate_and_score_completions(self, inputs):
+        if self.accelerator.num_processes > 1:
+            raise NotImplementedError("online_sml.credit=turn runs on one process (groups must not be split)")
+        out = super()._generate_and_score_completions(inputs)  # fills inputs with the rollout's extra fields
+        out["advantages"] = turn_advantages([x["turn_returns"] for x in inputs], [x["turn_spans"] for x in inputs],
+                                            self.num_generations, out["completion_ids"].shape[1],
+                                            scale=self.args.scale_rewards != "none").to(out["completion_ids"].device)
+        return out
+
+
+def conversation_reward(completions, reward, solved_turn=None, log_metric=None, **kwargs) -> list[float]:
+    """The reward function for ``GRPOTrainer``: the return the rollout already computed. Also logs the
+    batch's success rate and mean solving turn (TRL passes ``log_metric``) so they are tracked per step."""
+    if log_metric is not None and solved_turn:
+        solved = [t for t in solved_turn if t]
+        log_metric("success", len(solved) / len(solved_turn))
+        if solved:
+            log_metric("solved_turn", sum(solved) / len(solved))
     return list(reward)
 
 
 def make_rollout_func(tasks: list[dict], teacher, *, prompt_key: str = "prompt", max_turns: int = 4,
-                      gamma: float = 0.7, **engine_kwargs) -> Callable:
+                      gamma: float = 0.7, merge: bool = True, **engine_kwargs) -> Callable:
     """A ``rollout_func(prompts, trainer)`` that runs one dialogue per prompt received with the trainer's
     current model (the adapter being trained) as the student. ``prompts`` are the dataset's prompts
-    (``task[prompt_key]``), each mapped back to its task."""
+    (``task[prompt_key]``), each mapped back to its task. ``merge`` samples from a copy with the adapter
+    merged in (the same function, faster: LoRA's extra matmuls cost more than a tiny model's own)."""
     by_prompt = {t[prompt_key]: t for t in tasks}
 
     def rollout(prompts, trainer) -> dict:
@@ -62,7 +122,7 @@ def make_rollout_func(tasks: list[dict], teacher, *, prompt_key: str = "prompt",
             raise KeyError(f"rollout_func: {len(unknown)} prompt(s) match no task, e.g. {_text(unknown[0])[:80]!r}")
         model = trainer.accelerator.unwrap_model(trainer.model)
         was_training = model.training
-        student = Student(model, trainer.processing_class)
+        student = Student(inference_copy(model) if merge else model, trainer.processing_class)
         dialogues = run_dialogues([by_prompt[_text(p)] for p in prompts], student, teacher, max_turns=max_turns,
                                   gamma=gamma, progress=False,
                                   seed=1_000_003 * trainer.args.seed + trainer.state.global_step, **engine_kwargs)
@@ -75,3 +135,50 @@ def make_rollout_func(tasks: list[dict], teacher, *, prompt_key: str = "prompt",
 def _text(prompt) -> str:
     """A dataset prompt as text: a string, or the content of a one-message chat."""
     return prompt if isinstance(prompt, str) else prompt[-1]["content"]
+
+
+def check_settings(*, steps: int, tasks_per_step: int, group_size: int, lr: float, credit: str = "conversation",
+                   section: str = "online_sml") -> None:
+    """Reject bad GRPO settings by name (``section.key``) before any model is loaded."""
+    for name, value in (("steps", steps), ("tasks_per_step", tasks_per_step), ("group_size", group_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{section}.{name}: must be a positive integer, got {value!r}")
+    if group_size < 2:
+        raise ValueError(f"{section}.group_size: GRPO needs at least 2 samples per task, got {group_size!r}")
+    if not isinstance(lr, (int, float)) or lr <= 0:
+        raise ValueError(f"{section}.lr: must be a positive number, got {lr!r}")
+    if credit not in CREDIT:
+        raise ValueError(f"{section}.credit: must be one of {CREDIT}, got {credit!r}")
+
+
+def grpo_config(out_dir: str, *, steps: int, tasks_per_step: int, group_size: int, lr: float, seed: int,
+                beta: float = 0.0, warmup_steps: float = 0.05) -> GRPOConfig:
+    """CPU-friendly GRPO settings: one optimiser step per batch of ``tasks_per_step`` tasks x ``group_size``
+    conversations, logged every step; TRL's defaults otherwise (DAPO token-level loss, group-scaled
+    advantages, clip 0.2)."""
+    check_settings(steps=steps, tasks_per_step=tasks_per_step, group_size=group_size, lr=lr)
+    return GRPOConfig(output_dir=out_dir, max_steps=steps, per_device_train_batch_size=tasks_per_step * group_size,
+                      num_generations=group_size, learning_rate=lr, beta=beta, lr_scheduler_type="constant_with_warmup",
+                      warmup_steps=warmup_steps, logging_steps=1, save_strategy="no", report_to="none", seed=seed,
+                      data_seed=seed, bf16=False, gradient_checkpointing=False, disable_tqdm=False)
+
+
+def train(model, tokenizer, tasks, teacher, out_dir: str, *, steps: int, tasks_per_step: int, group_size: int,
+          lr: float, seed: int, max_turns: int, gamma: float, credit: str = "conversation", beta: float = 0.0,
+          callbacks=(), **engine_kwargs) -> list[dict]:
+    """Online SML: GRPO on the LoRA adapter of ``model`` (a PEFT model) with the dialogue engine as the
+    rollout, ``group_size`` conversations of up to ``max_turns`` student turns per task. ``max_turns=1``
+    is single-turn GRPO (``st_rl``). Returns the trainer's log."""
+    check_settings(steps=steps, tasks_per_step=tasks_per_step, group_size=group_size, lr=lr, credit=credit)
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError("grpo.train: no training tasks")
+    config = grpo_config(out_dir, steps=steps, tasks_per_step=tasks_per_step, group_size=group_size, lr=lr,
+                         seed=seed, beta=beta)
+    rollout = make_rollout_func(tasks, teacher, max_turns=max_turns, gamma=gamma, **engine_kwargs)
+    trainer_class = TurnCreditGRPOTrainer if credit == "turn" else GRPOTrainer
+    trainer = trainer_class(model=model, reward_funcs=conversation_reward, args=config, processing_class=tokenizer,
+                            train_dataset=datasets.Dataset.from_dict({"prompt": [t["prompt"] for t in tasks]}),
+                            rollout_func=rollout, callbacks=list(callbacks))
+    trainer.train()
+    return trainer.state.log_history

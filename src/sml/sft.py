@@ -59,7 +59,12 @@ def inference_copy(model):
     the tiny base model's own); the trainable adapter is left untouched."""
     if not isinstance(model, PeftModel):
         return model
-    return copy.deepcopy(model).merge_and_unload()
+    merged = copy.deepcopy(model).merge_and_unload()
+    for module in merged.modules():
+        # TRL patches the live model's ``forward`` with a closure over the original module; a deep copy
+        # keeps that closure, so the copy would silently run the unmerged live model instead of itself.
+        module.__dict__.pop("forward", None)
+    return merged
 
 
 def training_tasks(task_dir, source: str, n_tasks: int, seed: int) -> datasets.Dataset:
