@@ -118,8 +118,7 @@ def length_reward(completions, **kwargs):
 
 def trainer_for(tok, tasks, trainer_class=None, steps=1, lr=0.05, **rollout_kwargs):
     model = sft.add_adapter(tiny_model(tok), r=4, alpha=8, seed=0)
-    config = grpo.grpo_config("/tmp/sml-test-grpo", steps=steps, tasks_per_step=2, group_size=4, lr=lr, seed=0,
-                              warmup_steps=0)
+    config = grpo.grpo_config("/tmp/sml-test-grpo", steps=steps, tasks_per_step=2, group_size=4, lr=lr, seed=0)
     return (trainer_class or GRPOTrainer)(
         model=model, reward_funcs=length_reward, args=config, processing_class=tok,
         train_dataset=datasets.Dataset.from_dict({"prompt": [t["prompt"] for t in tasks]}),

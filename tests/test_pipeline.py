@@ -1,6 +1,7 @@
 """Plumbing: notebooks are clean sources, the DVC stages match params.yaml and the notebooks'
 parameters, and the whole notebook chain runs end to end with its smoke defaults."""
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -32,6 +33,17 @@ def test_source_notebooks_carry_no_outputs(path):
     for cell in nbformat.read(path, as_version=4).cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: strip outputs (nbstripout)"
+
+
+def test_dvc_lock_holds_the_notebooks_as_committed():
+    """A clone gets the notebooks as git stores them (nbstripout's form): dvc.lock must hash those bytes,
+    or every stage looks changed in a fresh clone. Run `nbstripout notebooks/*.ipynb` before `dvc repro`."""
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())
+    hashes = {dep["path"]: dep["md5"] for stage in lock["stages"].values() for dep in stage.get("deps", [])
+              if dep["path"].startswith("notebooks/")}
+    assert hashes, "dvc.lock lists no notebook"
+    for path, md5 in hashes.items():
+        assert hashlib.md5((REPO / path).read_bytes()).hexdigest() == md5, f"{path}: dvc.lock is stale for it"
 
 
 def declared(entry):

@@ -33,9 +33,8 @@ def conversation_sample(d: Dialogue, eos_id: int) -> dict:
     offset = d.turn_starts[0]
     completion = d.ids[offset:] + [eos_id]  # the last student turn is closed like every other
     mask = [0] * len(completion)
-    for start, ids in zip(d.turn_starts, d.student_ids):
-        for i in range(start - offset, start - offset + len(ids) + 1):
-            mask[i] = 1
+    for start, end in turn_spans(d):
+        mask[start:end] = [1] * (end - start)
     return {"prompt_ids": d.ids[:offset], "completion_ids": completion, "env_mask": mask}
 
 
@@ -43,7 +42,6 @@ def rollout_outputs(dialogues: list[Dialogue], eos_id: int, gamma: float) -> dic
     """What ``rollout_func`` returns for these dialogues, in order: the three required keys, ``env_mask``,
     and per conversation the ``reward`` and ``solved_turn`` (passed on to reward functions)."""
     samples = [conversation_sample(d, eos_id) for d in dialogues]
-    offsets = [d.turn_starts[0] for d in dialogues]
     return {"prompt_ids": [s["prompt_ids"] for s in samples],
             "completion_ids": [s["completion_ids"] for s in samples],
             "logprobs": None,  # the trainer recomputes them (no vLLM)
@@ -51,8 +49,13 @@ def rollout_outputs(dialogues: list[Dialogue], eos_id: int, gamma: float) -> dic
             "reward": [d.reward(gamma) for d in dialogues],
             "solved_turn": [d.solved_turn for d in dialogues],
             "turn_returns": [turn_returns(d, gamma) for d in dialogues],
-            "turn_spans": [[(start - off, start - off + len(ids) + 1) for start, ids in zip(d.turn_starts, d.student_ids)]
-                           for d, off in zip(dialogues, offsets)]}
+            "turn_spans": [turn_spans(d) for d in dialogues]}
+
+
+def turn_spans(d: Dialogue) -> list[tuple[int, int]]:
+    """Where each student turn (with its end-of-turn token) lies in the completion: ``[start, end)``."""
+    offset = d.turn_starts[0]
+    return [(start - offset, start - offset + len(ids) + 1) for start, ids in zip(d.turn_starts, d.student_ids)]
 
 
 def turn_returns(d: Dialogue, gamma: float) -> list[float]:
@@ -152,14 +155,15 @@ def check_settings(*, steps: int, tasks_per_step: int, group_size: int, lr: floa
 
 
 def grpo_config(out_dir: str, *, steps: int, tasks_per_step: int, group_size: int, lr: float, seed: int,
-                beta: float = 0.0, warmup_steps: float = 0.05) -> GRPOConfig:
+                beta: float = 0.0) -> GRPOConfig:
     """CPU-friendly GRPO settings: one optimiser step per batch of ``tasks_per_step`` tasks x ``group_size``
-    conversations, logged every step; TRL's defaults otherwise (DAPO token-level loss, group-scaled
-    advantages, clip 0.2)."""
+    conversations at a constant learning rate (no warm-up: with a dozen steps, a warm-up step would run at
+    lr 0), logged every step; TRL's defaults otherwise (DAPO token-level loss, group-scaled advantages,
+    clip 0.2)."""
     check_settings(steps=steps, tasks_per_step=tasks_per_step, group_size=group_size, lr=lr)
     return GRPOConfig(output_dir=out_dir, max_steps=steps, per_device_train_batch_size=tasks_per_step * group_size,
-                      num_generations=group_size, learning_rate=lr, beta=beta, lr_scheduler_type="constant_with_warmup",
-                      warmup_steps=warmup_steps, logging_steps=1, save_strategy="no", report_to="none", seed=seed,
+                      num_generations=group_size, learning_rate=lr, beta=beta, lr_scheduler_type="constant",
+                      logging_steps=1, save_strategy="no", report_to="none", seed=seed,
                       data_seed=seed, bf16=False, gradient_checkpointing=False, disable_tqdm=False)
 
 
