@@ -3,7 +3,13 @@ parameters, and the whole notebook chain runs end to end with its smoke defaults
 
 import hashlib
 import json
+import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -12,7 +18,7 @@ import papermill
 import pytest
 import yaml
 
-from sml import collect, transcripts
+from sml import collect, resume, transcripts
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -92,15 +98,25 @@ def run_notebook(name, out_root, **parameters):
                                progress_bar=False, kernel_name="python3")
 
 
-def test_notebook_chain_runs_end_to_end(tmp_path):
-    """Every notebook, in pipeline order, with its smoke defaults, writing under a temporary out_root;
-    then the collect step."""
+def run_chain(out_root):
+    """Every notebook, in pipeline order, with its smoke defaults, writing under ``out_root``; then the
+    collect step. Returns the summary."""
     for path in NOTEBOOKS:
-        run_notebook(path.stem, tmp_path)
-    run_notebook("06_single_turn_baselines", tmp_path, baseline="rl")
+        run_notebook(path.stem, out_root)
+    run_notebook("06_single_turn_baselines", out_root, baseline="rl")
     for condition in TRAINED[1:]:
-        run_notebook("08_evaluate", tmp_path, condition=condition)
-    summary = collect.collect(tmp_path)
+        run_notebook("08_evaluate", out_root, condition=condition)
+    return collect.collect(out_root)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    out_root = tmp_path_factory.mktemp("chain")
+    return out_root, run_chain(out_root)
+
+
+def test_notebook_chain_runs_end_to_end(chain):
+    tmp_path, summary = chain
     counts = json.loads((tmp_path / "metrics" / "tasks.json").read_text())
     assert counts["toy_math"]["train"] > 0 and counts["toy_code"]["eval"] > 0
     assert counts["toy_code"]["reference_pass_rate"] == 1.0
@@ -136,3 +152,62 @@ def test_notebook_chain_runs_end_to_end(tmp_path):
         assert len(steps) == 2 and steps[curve].between(0, 1).all()  # the smoke runs take 2 GRPO steps
         assert (tmp_path / "reports" / "figures" / f"{figure}_math_s0.png").stat().st_size > 10_000
     assert set(summary["base"]) == {"none->math full", "none->math sharded", "none->code full", "none->code sharded"}
+    assert not (tmp_path / resume.WORK).exists() or not any((tmp_path / resume.WORK).iterdir())  # work cleaned up
+
+
+def metric_files(out_root):
+    return sorted(p.relative_to(out_root) for p in (out_root / "metrics").rglob("*.csv"))
+
+
+def test_a_rerun_gives_identical_metrics(chain, tmp_path):
+    """Determinism: the same seeds give byte-identical metric tables (and adapters) on a rerun."""
+    first, _ = chain
+    run_chain(tmp_path)
+    assert metric_files(tmp_path) == metric_files(first) and len(metric_files(first)) >= 10
+    for path in metric_files(first):
+        assert (tmp_path / path).read_bytes() == (first / path).read_bytes(), f"{path} differs on a rerun"
+    for adapter in (first / "models").glob("*/math_s0/adapter_model.safetensors"):
+        assert (tmp_path / adapter.relative_to(first)).read_bytes() == adapter.read_bytes()
+
+
+def copy_inputs(chain_root, out_root):
+    for part in ("data/tasks", "models/base_student"):
+        shutil.copytree(chain_root / part, out_root / part)
+
+
+def curves(out_root):
+    """The per-step dvclive curves of the online SML run (without timestamps). Left out: the one-row
+    summaries of the trainer's last log (runtime, and a mean loss over the steps this process ran)."""
+    folder = out_root / "metrics" / "train" / "sml_online" / "math_s0" / "plots" / "metrics"
+    tables = {str(p.relative_to(folder)): pd.read_csv(p, sep="\t") for p in folder.rglob("*.tsv")}
+    return {name: t.drop(columns="timestamp", errors="ignore").to_dict("list") for name, t in tables.items()
+            if len(t) > 1 and "time" not in name}
+
+
+def test_a_killed_stage_resumes_to_the_uninterrupted_result(chain, tmp_path):
+    """Kill online SML (a real SIGKILL to its papermill process) once it has saved a checkpoint, run it again,
+    and get the adapter and training curves of a run that was never interrupted."""
+    chain_root, _ = chain
+    settings = {"steps": 4, "checkpoint_steps": 1, "temperature": 1.5}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    for root in (straight, killed):
+        copy_inputs(chain_root, root)
+    run_notebook("05_online_sml", straight, **settings)
+
+    cmd = [sys.executable, "-m", "papermill", str(REPO / "notebooks" / "05_online_sml.ipynb"), str(killed / "05.ipynb"),
+           "-p", "out_root", str(killed), *[a for k, v in settings.items() for a in ("-p", k, str(v))]]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    deadline = time.monotonic() + 300
+    while not list((killed / resume.WORK).glob("05_online_sml_math_s0/*/trainer/checkpoint-2/trainer_state.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the kernel too: nothing gets to clean up
+    proc.wait()
+    assert not (killed / "models" / "sml_online" / "math_s0").exists()
+
+    run_notebook("05_online_sml", killed, **settings)
+    adapter = Path("models/sml_online/math_s0/adapter_model.safetensors")
+    assert (killed / adapter).read_bytes() == (straight / adapter).read_bytes()
+    assert curves(killed) == curves(straight) and len(curves(straight)["reward.tsv"]["step"]) == 4
+    assert not (killed / resume.WORK / "05_online_sml_math_s0").exists()  # its work is cleaned up once done

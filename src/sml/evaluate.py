@@ -5,22 +5,22 @@ from __future__ import annotations
 
 import pandas as pd
 
-from . import transcripts
-from .engine import run_dialogues
+from . import resume, transcripts
 
 
 def evaluate(student, teacher, tasks, *, condition: str, train_domain: str, variant: str, seed: int,
-             max_turns: int = 10, gamma: float = 0.7, **engine_kwargs):
-    """Run one evaluation cell; return ``(transcripts, eval_rows, behaviour_row)``."""
+             max_turns: int = 10, gamma: float = 0.7, folder=None, chunk_tasks: int | None = None, **engine_kwargs):
+    """Run one evaluation cell; return ``(transcripts, eval_rows, behaviour_row)``. With a ``folder``, the
+    dialogues are written there chunk by chunk (``chunk_tasks`` tasks each) and an interrupted cell resumes
+    (``resume.dialogues``)."""
     tasks = list(tasks)
     if not tasks:
         raise ValueError(f"evaluate: no tasks for condition {condition!r}, variant {variant!r}")
     domains = {t["domain"] for t in tasks}
     if len(domains) != 1:
         raise ValueError(f"evaluate: tasks mix domains {sorted(domains)}; evaluate one domain at a time")
-    dialogues = run_dialogues(tasks, student, teacher, variant=variant, max_turns=max_turns, gamma=gamma, seed=seed,
-                              **engine_kwargs)
-    data = transcripts.to_dataset(dialogues, gamma)
+    data = resume.dialogues(tasks, student, teacher, variant=variant, max_turns=max_turns, gamma=gamma, seed=seed,
+                            folder=folder, chunk_tasks=chunk_tasks, **engine_kwargs)
     keys = {"condition": condition, "train_domain": train_domain, "eval_domain": domains.pop(), "variant": variant,
             "seed": seed}
     rows = transcripts.success_at(data, max_turns).assign(**keys)

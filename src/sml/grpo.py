@@ -18,6 +18,7 @@ import datasets
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
+from . import resume
 from .engine import Dialogue, run_dialogues
 from .sft import inference_copy
 from .student import Student
@@ -155,7 +156,7 @@ def check_settings(*, steps: int, tasks_per_step: int, group_size: int, lr: floa
 
 
 def grpo_config(out_dir: str, *, steps: int, tasks_per_step: int, group_size: int, lr: float, seed: int,
-                beta: float = 0.0) -> GRPOConfig:
+                beta: float = 0.0, checkpoint_steps: int = 0) -> GRPOConfig:
     """CPU-friendly GRPO settings: one optimiser step per batch of ``tasks_per_step`` tasks x ``group_size``
     conversations at a constant learning rate (no warm-up: with a dozen steps, a warm-up step would run at
     lr 0), logged every step; TRL's defaults otherwise (DAPO token-level loss, group-scaled advantages,
@@ -163,26 +164,28 @@ def grpo_config(out_dir: str, *, steps: int, tasks_per_step: int, group_size: in
     check_settings(steps=steps, tasks_per_step=tasks_per_step, group_size=group_size, lr=lr)
     return GRPOConfig(output_dir=out_dir, max_steps=steps, per_device_train_batch_size=tasks_per_step * group_size,
                       num_generations=group_size, learning_rate=lr, beta=beta, lr_scheduler_type="constant",
-                      logging_steps=1, save_strategy="no", report_to="none", seed=seed,
-                      data_seed=seed, bf16=False, gradient_checkpointing=False, disable_tqdm=False)
+                      logging_steps=1, report_to="none", seed=seed, data_seed=seed, bf16=False,
+                      gradient_checkpointing=False, disable_tqdm=False, **resume.checkpointing(checkpoint_steps))
 
 
 def train(model, tokenizer, tasks, teacher, out_dir: str, *, steps: int, tasks_per_step: int, group_size: int,
           lr: float, seed: int, max_turns: int, gamma: float, credit: str = "conversation", beta: float = 0.0,
-          callbacks=(), **engine_kwargs) -> list[dict]:
+          callbacks=(), checkpoint_steps: int = 0, **engine_kwargs) -> list[dict]:
     """Online SML: GRPO on the LoRA adapter of ``model`` (a PEFT model) with the dialogue engine as the
     rollout, ``group_size`` conversations of up to ``max_turns`` student turns per task. ``max_turns=1``
-    is single-turn GRPO (``st_rl``). Returns the trainer's log."""
+    is single-turn GRPO (``st_rl``). Returns the trainer's log. With ``checkpoint_steps``, checkpoints go
+    to ``out_dir`` and a rerun resumes from the newest (rollouts are seeded by step, so it continues
+    exactly as an uninterrupted run would)."""
     check_settings(steps=steps, tasks_per_step=tasks_per_step, group_size=group_size, lr=lr, credit=credit)
     tasks = list(tasks)
     if not tasks:
         raise ValueError("grpo.train: no training tasks")
     config = grpo_config(out_dir, steps=steps, tasks_per_step=tasks_per_step, group_size=group_size, lr=lr,
-                         seed=seed, beta=beta)
+                         seed=seed, beta=beta, checkpoint_steps=checkpoint_steps)
     rollout = make_rollout_func(tasks, teacher, max_turns=max_turns, gamma=gamma, **engine_kwargs)
     trainer_class = TurnCreditGRPOTrainer if credit == "turn" else GRPOTrainer
     trainer = trainer_class(model=model, reward_funcs=conversation_reward, args=config, processing_class=tokenizer,
                             train_dataset=datasets.Dataset.from_dict({"prompt": [t["prompt"] for t in tasks]}),
-                            rollout_func=rollout, callbacks=list(callbacks))
-    trainer.train()
+                            rollout_func=rollout, callbacks=resume.with_replay(callbacks))
+    resume.train(trainer, out_dir if checkpoint_steps else None)
     return trainer.state.log_history

@@ -144,7 +144,10 @@ class HFTeacher(LLMTeacher):
 
 class OpenAITeacher(LLMTeacher):
     """Any OpenAI-compatible endpoint: POST ``{base_url}/chat/completions`` (stdlib HTTP, no SDK),
-    with a timeout, retries with exponential backoff, and a few requests in flight at once."""
+    with a timeout, and a few requests in flight at once. Timeouts, lost connections, 429s, 5xx and
+    malformed replies are retried with exponential backoff (0.5 s, 1 s, 2 s, ...), then fail with an
+    error naming the endpoint and the last problem; other 4xx fail at once. Replies already received
+    stay in the cache, so a rerun does not ask for them again."""
 
     backend = "openai"
 
@@ -170,8 +173,11 @@ class OpenAITeacher(LLMTeacher):
             try:
                 request = urllib.request.Request(url, data=body, headers=headers, method="POST")
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    reply = json.loads(response.read())["choices"][0]["message"]["content"]
-                return (reply or "").strip()
+                    raw = response.read()
+                try:
+                    return _content(raw)
+                except ValueError as e:  # not a chat completion: a proxy's error page, a half-written body
+                    error = f"malformed reply ({e}): {raw[:200].decode(errors='replace')!r}"
             except urllib.error.HTTPError as e:
                 error = f"HTTP {e.code}: {e.read()[:300].decode(errors='replace')}"
                 if e.code != 429 and e.code < 500:  # a bad request will not get better by retrying
@@ -182,6 +188,17 @@ class OpenAITeacher(LLMTeacher):
                 time.sleep(0.5 * 2 ** attempt)
         raise RuntimeError(f"teacher endpoint {self.base_url} failed after {self.max_retries + 1} attempts "
                            f"(timeout {self.timeout_s}s each): {error}")
+
+
+def _content(raw: bytes) -> str:
+    """The message text of a chat completion response body; ValueError when it is not one."""
+    try:
+        reply = json.loads(raw)["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError) as e:
+        raise ValueError(f"no choices[0].message.content ({type(e).__name__}: {e})") from e
+    if reply is not None and not isinstance(reply, str):
+        raise ValueError(f"message content is a {type(reply).__name__}, not text")
+    return (reply or "").strip()
 
 
 def make_teacher(p: dict) -> Teacher:

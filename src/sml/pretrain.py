@@ -13,6 +13,7 @@ import datasets
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
+from . import resume
 from .sft import chat, sft_config
 from .tasks import toy_code, toy_math
 
@@ -43,7 +44,9 @@ def corpus(n_per_domain: int, seed: int, tasks_params: dict, exclude: set[str],
 
 
 class EvalCallback(TrainerCallback):
-    """Calls ``evaluate(model)`` every ``every`` steps and at the end, logging what it returns."""
+    """Calls ``evaluate(model)`` every ``every`` steps and at the end. The scores go into the trainer's log
+    history (marked ``"probe": True``), so they are saved with each checkpoint and survive a resume;
+    ``history`` lists them once training ends."""
 
     def __init__(self, evaluate, every: int):
         self.evaluate, self.every, self.history = evaluate, every, []
@@ -51,24 +54,28 @@ class EvalCallback(TrainerCallback):
     def _run(self, state, model):
         scores = self.evaluate(model)
         model.train()
-        self.history.append({"step": state.global_step, **scores})
+        state.log_history.append({"step": state.global_step, "probe": True, **scores})
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.every and state.global_step % self.every == 0:
             self._run(state, model)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if not self.history or self.history[-1]["step"] != state.global_step:
+        probes = [h for h in state.log_history if h.get("probe")]
+        if not probes or probes[-1]["step"] != state.global_step:
             self._run(state, model)
+        self.history = [{k: v for k, v in h.items() if k != "probe"} for h in state.log_history if h.get("probe")]
 
 
 def pretrain(model, tokenizer, train: datasets.Dataset, out_dir: str, *, epochs: float = 1.0, batch_size: int = 64,
-             lr: float = 2e-3, seed: int = 0, callbacks=(), logging_steps: int = 10) -> list[dict]:
+             lr: float = 2e-3, seed: int = 0, callbacks=(), logging_steps: int = 10,
+             checkpoint_steps: int = 0) -> list[dict]:
     """Train ``model`` on the chats in ``train`` (loss on the student's tokens only) with TRL's SFTTrainer;
-    return the trainer's log history."""
+    return the trainer's log history. With ``checkpoint_steps``, checkpoints go to ``out_dir`` and a rerun
+    resumes from the newest."""
     config = sft_config(out_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                        logging_steps=logging_steps, max_length=512)
+                        logging_steps=logging_steps, max_length=512, checkpoint_steps=checkpoint_steps)
     trainer = SFTTrainer(model=model, args=config, train_dataset=train.remove_columns(["domain"]),
-                         processing_class=tokenizer, callbacks=list(callbacks))
-    trainer.train()
+                         processing_class=tokenizer, callbacks=resume.with_replay(callbacks))
+    resume.train(trainer, out_dir if checkpoint_steps else None)
     return trainer.state.log_history

@@ -1,8 +1,9 @@
 """Run untrusted, model-written Python in a sandbox and always return a result.
 
 Isolation, strongest available first:
-- ``bwrap``: bubblewrap (Debian package ``bubblewrap``). The program sees the whole filesystem
-  read-only except its own temp dir, has no network, its own PID namespace in which it is PID 1
+- ``bwrap``: bubblewrap (Debian package ``bubblewrap``; and ``prlimit`` from util-linux). The program sees the
+  whole filesystem read-only except its own temp dir and small ``/tmp`` and ``/dev/shm`` (``/run``, where host
+  daemons' sockets are, is empty), has no network, its own PID namespace in which it is PID 1
   (it cannot see or signal anything outside; everything it started dies with it; ``--as-pid-1``
   also keeps bwrap from leaving an unreaped init process behind), a cleared environment, and dies
   with us.
@@ -42,7 +43,14 @@ from concurrent.futures import ThreadPoolExecutor
 NOBODY = 65534
 OUTPUT_LIMIT_BYTES = 1 << 20  # what we read back of stdout / stderr
 FILE_SIZE_LIMIT_BYTES = 16 << 20  # RLIMIT_FSIZE: any single file the program writes, stdout included
-MAX_PROCESSES = 64  # RLIMIT_NPROC for the sandbox user, machine-wide (threads count too)
+MAX_PROCESSES = 64  # RLIMIT_NPROC of a program (threads count too): per sandbox, machine-wide in the weak mode
+# RLIMIT_NPROC of bubblewrap, and so of all sandboxes together: the kernel counts a user namespace's processes
+# against its own limit and, one level up, against its creator's. With MAX_PROCESSES there, one fork bomb took
+# every slot of the sandbox user and concurrent programs failed to start.
+ALL_PROCESSES = 64 * MAX_PROCESSES
+# Size of the sandbox's /tmp and /dev/shm: tmpfs is RAM outside RLIMIT_AS, and unsized it may take half the
+# machine's memory (a program writing 16 MiB files at ~1 GB/s could exhaust it within its timeout).
+TMPFS_LIMIT_BYTES = 256 << 20
 _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
 WORKER_MARGIN_S = 5.0  # a pool worker that has not answered by timeout_s + this is replaced
@@ -52,7 +60,7 @@ _WORKER = open(os.path.join(os.path.dirname(__file__), "sandbox_worker.py")).rea
 def _probe_bwrap(uid: int | None) -> bool:
     """bubblewrap exists and can create its namespaces here (as the user we will run as)."""
     exe = shutil.which("bwrap")
-    if exe is None:
+    if exe is None or shutil.which("prlimit") is None:  # util-linux's prlimit sets a program's process limit
         return False
     cmd = [exe, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "--as-pid-1", "true"]
     try:
@@ -112,13 +120,13 @@ def _job_rlimits(timeout_s: float, memory_mb: int) -> dict[str, tuple[int, int]]
             "RLIMIT_FSIZE": (FILE_SIZE_LIMIT_BYTES, FILE_SIZE_LIMIT_BYTES), "RLIMIT_CORE": (0, 0)}
 
 
-def _limits(rlimits: dict[str, tuple[int, int]], uid: int | None):
+def _limits(rlimits: dict[str, tuple[int, int]], uid: int | None, nproc: int = MAX_PROCESSES):
     def apply():
         os.setsid()  # own session and process group: we kill the whole group on timeout
         for name, limit in rlimits.items():
             resource.setrlimit(getattr(resource, name), limit)
         if uid is not None:  # RLIMIT_NPROC is ignored for root, so it only bites after the drop
-            resource.setrlimit(resource.RLIMIT_NPROC, (MAX_PROCESSES, MAX_PROCESSES))
+            resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
         _drop_to(uid)()
     return apply
 
@@ -129,10 +137,16 @@ def _command(mode: str, workdir: str | None, *python_args: str) -> list[str]:
     python = [interpreter(), "-I", "-B", *python_args]
     if mode == "rlimits":
         return python
+    if workdir:  # a program's own process limit, set inside its namespace (a pool worker sets it per program)
+        python = ["prlimit", f"--nproc={MAX_PROCESSES}:{MAX_PROCESSES}", "--", *python]
     home = workdir or "/tmp"
-    return ["bwrap", "--ro-bind", "/", "/", "--tmpfs", "/tmp", *(["--bind", workdir, workdir] if workdir else []),
-            "--dev", "/dev", "--proc", "/proc", "--unshare-all", "--die-with-parent", "--as-pid-1",
-            "--new-session", "--chdir", home, "--clearenv",
+    size = str(TMPFS_LIMIT_BYTES)
+    # An empty, read-only /run: host daemons listen on unix sockets there (dbus, postgres), and connecting to a
+    # socket works through a read-only mount and outside our network namespace.
+    return ["bwrap", "--ro-bind", "/", "/", "--size", size, "--tmpfs", "/tmp",
+            *(["--bind", workdir, workdir] if workdir else []), "--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm",
+            "--tmpfs", "/run", "--remount-ro", "/run", "--proc", "/proc",
+            "--unshare-all", "--die-with-parent", "--as-pid-1", "--new-session", "--chdir", home, "--clearenv",
             *[a for k, v in _ENV.items() for a in ("--setenv", k, v)], "--setenv", "HOME", home,
             *python]
 
@@ -203,20 +217,22 @@ def run(code: str, timeout_s: float = 10.0, memory_mb: int = 512, stdin: str = "
     outdir = tempfile.mkdtemp(prefix="sml-sandbox-out-")  # ours: output files, never visible to it
     try:
         for name, text in {"main.py": code, **(files or {})}.items():
-            with open(os.path.join(workdir, name), "w") as f:
-                f.write(text)
+            with open(os.path.join(workdir, name), "w", errors="surrogatepass") as f:  # lone surrogates (from
+                f.write(text)  # JSON) make a file Python rejects, not an exception here
         if uid is not None:
             for path in [workdir, *(os.path.join(workdir, n) for n in os.listdir(workdir))]:
                 os.chown(path, uid, uid)
         out_path, err_path = os.path.join(outdir, "stdout"), os.path.join(outdir, "stderr")
         env = {**_ENV, "HOME": workdir}
+        nproc = ALL_PROCESSES if mode == "bwrap" else MAX_PROCESSES  # with bwrap, the program's own is set inside
+        limits = _limits(_job_rlimits(timeout_s, memory_mb), uid, nproc)
         start = time.monotonic()
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             proc = _spawn(_command(mode, workdir, "main.py"), cwd=workdir, env=env, stdin=subprocess.PIPE,
-                          stdout=out, stderr=err, preexec_fn=_limits(_job_rlimits(timeout_s, memory_mb), uid))
+                          stdout=out, stderr=err, preexec_fn=limits)
             timed_out = False
             try:
-                proc.communicate(stdin.encode(), timeout=timeout_s)
+                proc.communicate(stdin.encode(errors="surrogatepass"), timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 timed_out = True
             except (BrokenPipeError, OSError):
@@ -246,7 +262,7 @@ class _Worker:
         # Not the CPU and address-space limits: the worker applies those to each program it forks.
         limits = {"RLIMIT_FSIZE": (FILE_SIZE_LIMIT_BYTES, FILE_SIZE_LIMIT_BYTES), "RLIMIT_CORE": (0, 0)}
         self.proc = _SPAWNER.submit(_spawn, cmd, cwd="/", env=_ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    preexec_fn=_limits(limits, _sandbox_uid())).result()
+                                    preexec_fn=_limits(limits, _sandbox_uid(), ALL_PROCESSES)).result()
         return self.proc
 
     def kill(self) -> None:
@@ -337,7 +353,7 @@ class Pool:
         if isolation_mode() != "bwrap":
             return run(code, timeout_s, memory_mb, stdin, files)
         job = {"code": code, "files": files or {}, "stdin": stdin, "timeout_s": timeout_s,
-               "rlimits": _job_rlimits(timeout_s, memory_mb)}
+               "rlimits": {**_job_rlimits(timeout_s, memory_mb), "RLIMIT_NPROC": (MAX_PROCESSES, MAX_PROCESSES)}}
         worker = self._idle.get()
         try:
             if not self._finalizer.alive:  # checked once we have a worker: close() may come while we wait

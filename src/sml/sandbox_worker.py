@@ -92,6 +92,9 @@ def execute(path: str, source: str) -> int:
         exc = exc.with_traceback(exc.__traceback__.tb_next)  # the traceback starts in main.py, not here
         sys.excepthook(type(exc), exc, exc.__traceback__)
         code = 1
+    for stream in (sys.stdout, sys.stderr):  # as python does after the main module: what it printed survives
+        with contextlib.suppress(Exception):  # a thread or an atexit hook that then hangs until the timeout
+            stream.flush()
     if "threading" in sys.modules:  # what the interpreter does at exit: join threads, run atexit hooks
         sys.modules["threading"]._shutdown()
     atexit._run_exitfuncs()
@@ -124,11 +127,11 @@ def run_job(job: dict, n: int) -> dict:
     home = f"/tmp/job{n}"
     os.mkdir(home, 0o700)
     for name, text in {"main.py": job["code"], **job["files"]}.items():
-        with open(os.path.join(home, name), "w") as f:
-            f.write(text)
+        with open(os.path.join(home, name), "w", errors="surrogatepass") as f:  # as sandbox.run: lone surrogates
+            f.write(text)  # must not kill the worker
     # stdin, stdout, stderr: unnamed files (O_TMPFILE) that the program reaches only through fds 0-2
     streams = [tempfile.TemporaryFile(dir="/tmp") for _ in range(3)]
-    streams[0].write(job["stdin"].encode())
+    streams[0].write(job["stdin"].encode(errors="surrogatepass"))
     streams[0].seek(0)
     pid = fork(deadline)
     if pid == 0:

@@ -18,6 +18,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from trl import SFTConfig, SFTTrainer
 
+from . import resume
 from .tasks.build import load_tasks
 
 
@@ -33,15 +34,16 @@ def chat(task: dict) -> list[dict]:
 
 
 def sft_config(out_dir: str, *, epochs: float, batch_size: int, lr: float, seed: int, logging_steps: int = 10,
-               scheduler: str = "cosine", max_length: int = 2048) -> SFTConfig:
+               scheduler: str = "cosine", max_length: int = 2048, checkpoint_steps: int = 0) -> SFTConfig:
     """The SFTTrainer settings shared by pretraining and both finetuning conditions (CPU-friendly: no
-    bf16, no gradient checkpointing; loss on the student's tokens only)."""
+    bf16, no gradient checkpointing; loss on the student's tokens only), with a checkpoint in ``out_dir``
+    every ``checkpoint_steps`` steps (0: none)."""
     return SFTConfig(
         output_dir=out_dir, num_train_epochs=epochs, per_device_train_batch_size=batch_size, learning_rate=lr,
         lr_scheduler_type=scheduler, warmup_steps=0.05, weight_decay=0.01, logging_steps=logging_steps,
-        save_strategy="no", report_to="none", seed=seed, data_seed=seed, bf16=False,
-        gradient_checkpointing=False, assistant_only_loss=True, max_length=max_length, dataset_num_proc=None,
-        disable_tqdm=False)
+        report_to="none", seed=seed, data_seed=seed, bf16=False, gradient_checkpointing=False,
+        assistant_only_loss=True, max_length=max_length, dataset_num_proc=None, disable_tqdm=False,
+        **resume.checkpointing(checkpoint_steps))
 
 
 def add_adapter(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0, seed: int = 0) -> PeftModel:
@@ -97,13 +99,14 @@ def single_turn(tasks, n: int, seed: int) -> datasets.Dataset:
 
 
 def train(model, tokenizer, data: datasets.Dataset, out_dir: str, *, epochs: float, batch_size: int, lr: float,
-          seed: int, callbacks=(), logging_steps: int = 1) -> list[dict]:
-    """Train ``model`` (a PEFT model: only the adapter learns) on the chats in ``data``; return the log."""
+          seed: int, callbacks=(), logging_steps: int = 1, checkpoint_steps: int = 0) -> list[dict]:
+    """Train ``model`` (a PEFT model: only the adapter learns) on the chats in ``data``; return the log.
+    With ``checkpoint_steps``, checkpoints go to ``out_dir`` and a rerun resumes from the newest."""
     if len(data) == 0:
         raise ValueError("sft.train: no training examples (did any dialogue succeed?)")
     config = sft_config(out_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                        logging_steps=logging_steps, scheduler="constant_with_warmup")
+                        logging_steps=logging_steps, scheduler="constant_with_warmup", checkpoint_steps=checkpoint_steps)
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
-                         callbacks=list(callbacks))
-    trainer.train()
+                         callbacks=resume.with_replay(callbacks))
+    resume.train(trainer, out_dir if checkpoint_steps else None)
     return trainer.state.log_history
