@@ -22,7 +22,7 @@ from sml import collect, resume, transcripts
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-TRAINED = ("sml_offline", "st_sft", "sml_online", "st_rl")  # the conditions the smoke chain trains and evaluates
+TRAINED = ("sml_offline", "st_sft", "sml_online", "st_rl", "sml_qprime")  # the conditions the smoke chain trains and evaluates
 
 
 def parameters_of(path):
@@ -133,7 +133,7 @@ def test_notebook_chain_runs_end_to_end(chain):
         assert cell["success"].is_monotonic_increasing and list(cell["turn"]) == list(range(1, len(cell) + 1))
     behaviour = pd.read_csv(tmp_path / "metrics" / "behaviour.csv")
     assert list(behaviour.columns) == transcripts.BEHAVIOUR_COLUMNS
-    assert len(behaviour) == 4 + 2 * len(TRAINED)  # base: 2 domains x 2 variants; trained: 2 eval domains
+    assert len(behaviour) == 4 * (1 + len(TRAINED))  # each condition: 2 eval domains x 2 variants (full, sharded)
     assert (tmp_path / "data" / "transcripts" / "base" / "math_full_s0").exists()
     assert (tmp_path / "reports" / "figures" / "03_baseline.png").stat().st_size > 10_000
     for condition in TRAINED:
@@ -152,6 +152,19 @@ def test_notebook_chain_runs_end_to_end(chain):
         assert len(steps) == 2 and steps[curve].between(0, 1).all()  # the smoke runs take 2 GRPO steps
         assert (tmp_path / "reports" / "figures" / f"{figure}_math_s0.png").stat().st_size > 10_000
     assert set(summary["base"]) == {"none->math full", "none->math sharded", "none->code full", "none->code sharded"}
+    # Q-priming: the schedule of injected questions, the transcripts that carry them, and the sharded behaviour
+    schedule = pd.read_csv(tmp_path / "metrics" / "train" / "qprime_sft" / "math_s0" / "schedule.csv")
+    assert schedule["turn"].iloc[0] == 1 and schedule["injected"].sum() > 0
+    assert (schedule["injected"] <= schedule["failed_turns"]).all()
+    injected = transcripts.load(tmp_path / "data" / "qprime" / "math_s0")["injected"]
+    assert sum(how != "" for turns in injected for how in turns) == schedule["injected"].sum()
+    assert (tmp_path / "models" / "qprime_sft" / "math_s0" / "adapter_config.json").exists()
+    for condition, cell in (("base", "none->math sharded"), ("sml_qprime", "math->code sharded")):
+        rates = summary[condition][cell]
+        for name in ("premature_rate", "question_rate"):
+            low, high = rates[f"{name}_ci"]
+            assert 0 <= low <= rates[name] <= high <= 1
+        assert (tmp_path / "reports" / "figures" / f"08_sharded_{condition}.png").exists() or condition == "base"
     assert not (tmp_path / resume.WORK).exists() or not any((tmp_path / resume.WORK).iterdir())  # work cleaned up
 
 

@@ -5,7 +5,6 @@ and a rerun once the endpoint is back resumes to exactly the result of an undist
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -14,6 +13,7 @@ from sml.llm_teacher import OpenAITeacher
 from sml.student import Student
 from sml.tasks import toy_math
 from sml.teacher import TeacherView
+from local_server import JSONHandler, serve
 from tiny_models import tiny_model, tiny_tokenizer
 
 OK = "ok"
@@ -30,10 +30,7 @@ class Endpoint:
         self.release = threading.Event()  # set to free hanging handlers at teardown
         endpoint = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(JSONHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 endpoint.requests.append(body)
@@ -46,26 +43,16 @@ class Endpoint:
                     self.connection.shutdown(2)
                     return
                 if action in ("500", "503", "429", "400"):
-                    return self.reply(int(action), b'{"error": "simulated"}')
+                    return self.send(int(action), b'{"error": "simulated"}')
                 payload = {"garbage": b"\x00\xffnot json", "html": b"<html>502 Bad Gateway</html>",
                            "no_choices": b'{"choices": []}'}.get(action)
                 if payload is None:
                     turns = sum(m["role"] == "user" for m in body["messages"])
                     text = f"Not yet: look again at step {turns}."
                     payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
-                self.reply(200, payload)
+                self.send(200, payload)
 
-            def reply(self, code, payload):
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve(Handler)
 
     def close(self):
         self.release.set()

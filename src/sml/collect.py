@@ -4,7 +4,8 @@ Each evaluating stage writes its own parts (``metrics/parts/eval/<name>.csv`` an
 ``metrics/parts/behaviour/<name>.csv``), so stages never share an output; this step concatenates them
 into ``metrics/eval.csv`` and ``metrics/behaviour.csv`` and summarises SR@1/4/10 per condition and
 domain pair in ``metrics/summary.json`` (mean over seeds, with a 95% Wilson interval over all
-evaluation dialogues of the seeds pooled).
+evaluation dialogues of the seeds pooled), with each cell's premature and question rates and their
+bootstrap intervals (``metrics/parts/intervals/<name>.csv``) beside them.
 
 Run: ``PYTHONPATH=src python -m sml.collect [--root .]``
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .transcripts import BEHAVIOUR_COLUMNS, EVAL_COLUMNS, KEYS, wilson, write_csv
+from .transcripts import BEHAVIOUR_COLUMNS, EVAL_COLUMNS, INTERVAL_COLUMNS, KEYS, wilson, write_csv
 
 SUMMARY_TURNS = (1, 4, 10)
 
@@ -33,7 +34,8 @@ def read_parts(folder: Path, columns: list[str]) -> pd.DataFrame:
             raise ValueError(f"{path}: columns {list(frame.columns)} are not the contract's {columns}")
         frames.append(frame)
     rows = pd.concat(frames, ignore_index=True)
-    duplicated = rows.duplicated(subset=[c for c in columns if c in KEYS + ["turn"]])
+    duplicated = rows.duplicated(subset=[c for c in columns if c in KEYS + ["turn"]]) if "seed" in columns \
+        else rows.duplicated(subset=KEYS[:4])
     if duplicated.any():
         raise ValueError(f"{folder}: two parts hold the same cell, e.g. {rows[duplicated].iloc[0][KEYS].to_dict()}")
     return rows
@@ -66,6 +68,20 @@ def summary(rows: pd.DataFrame, turns=SUMMARY_TURNS) -> dict:
     return out
 
 
+def add_behaviour(result: dict, intervals: pd.DataFrame) -> dict:
+    """Put each cell's pooled premature and question rates, with their 95% bootstrap intervals, next to
+    its success rates in the summary (``premature_rate``, ``premature_rate_ci``, ``question_rate``, ...)."""
+    for row in intervals.itertuples():
+        entry = result.get(row.condition, {}).get(f"{row.train_domain}->{row.eval_domain} {row.variant}")
+        if entry is None:
+            continue
+        for name in ("premature", "question"):
+            entry[f"{name}_rate"] = round(getattr(row, f"{name}_rate"), 4)
+            entry[f"{name}_rate_ci"] = [round(getattr(row, f"{name}_low"), 4), round(getattr(row, f"{name}_high"), 4)]
+        entry["attempts"] = int(row.attempts)
+    return result
+
+
 def collect(root: str | Path = ".") -> dict:
     """Write the contract files under ``root/metrics`` from the parts; return the summary."""
     metrics = Path(root) / "metrics"
@@ -74,6 +90,8 @@ def collect(root: str | Path = ".") -> dict:
     write_csv(metrics / "eval.csv", evals, EVAL_COLUMNS)
     write_csv(metrics / "behaviour.csv", behaviour, BEHAVIOUR_COLUMNS)
     result = summary(evals)
+    if (metrics / "parts" / "intervals").exists():
+        add_behaviour(result, read_parts(metrics / "parts" / "intervals", INTERVAL_COLUMNS))
     (metrics / "summary.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
 

@@ -33,7 +33,9 @@ FEEDBACK = ("verdict", "direction", "step", "tests")
 TEACHER_KINDS = ("scripted", "hf", "openai")
 SHARD_REVEAL = ("every_turn", "on_question")
 CREDIT = ("conversation", "turn")
-CONDITIONS = ("sml_offline", "st_sft", "sml_online", "st_rl")
+CONDITIONS = ("sml_offline", "st_sft", "sml_online", "st_rl", "sml_qprime")
+QUESTION_SOURCES = ("template", "model")
+CLASSIFIER_KINDS = ("rules", "hf", "openai")
 
 
 # ---- rules: value -> None if good, else "must be ..., got ..." ----
@@ -148,6 +150,10 @@ SCHEMA = {
         "init": _choice("base", "sml_offline"), "n_tasks": _int(1), "steps": _int(1), "tasks_per_step": _int(1),
         "group_size": _int(2), "lr": _number(0), "credit": _choice(*CREDIT), "beta": _number(0, open_lo=False)},
     "st_rl": {"group_size": _int(2)},
+    "q_priming": {"n_tasks": _int(1), "samples_per_task": _int(1), "decay": _number(0, 1, open_lo=False),
+                  "question_source": _choice(*QUESTION_SOURCES)},
+    "classifier": {"kind": _choice(*CLASSIFIER_KINDS), "model": _string(), "base_url": _string(), "api_key_env": _string(),
+                   "cache_dir": _string()},
 }
 
 
@@ -177,6 +183,11 @@ CROSS = [
     (("teacher.reveal_answer", "teacher.kind"),
      lambda r, kind: f"only the scripted teacher can reveal the answer, not {kind!r}" if r and kind != "scripted"
      else None),
+    (("classifier.model", "classifier.kind"),
+     lambda m, kind: f"required for classifier.kind {kind!r} (a model id or path)" if kind != "rules" and not m
+     else None),
+    (("classifier.base_url", "classifier.kind"),
+     lambda url, kind: "required for classifier.kind 'openai'" if kind == "openai" and not url else None),
     (("evaluation.train_domains", "train.domains"),
      lambda e, t: f"must equal train.domains {t}, got {e!r}" if sorted(as_list(e)) != sorted(t) else None),
     (("evaluation.seeds", "train.seeds"),
@@ -255,7 +266,8 @@ _SFT = {"epochs": "finetune.epochs", "train_batch_size": "finetune.batch_size", 
 _GENERATORS = {k: f"tasks.{k}" for k in ("math_generator", "math_min_terms", "math_max_terms", "math_min_digits",
                                           "math_max_digits", "code_families", "code_min_steps", "code_n_tests")}
 _EVALUATION = {**{k: f"evaluation.{k}" for k in ("seeds", "n_tasks", "variants", "math_source", "code_source")},
-               "max_turns": "dialogue.eval_turns", **_DIALOGUE, "shard_reveal": "dialogue.shard_reveal", **_TEACHER}
+               "max_turns": "dialogue.eval_turns", **_DIALOGUE, "shard_reveal": "dialogue.shard_reveal", **_TEACHER,
+               **{f"classifier_{k}": f"classifier.{k}" for k in SCHEMA["classifier"]}}
 _CHUNK = {"chunk_tasks": "resume.chunk_tasks"}
 _CHECKPOINT = {"checkpoint_steps": "resume.checkpoint_steps"}
 # Set by dvc.yaml itself or its matrix (train.domains x train.seeds), not by a params.yaml key.
@@ -279,6 +291,10 @@ NOTEBOOKS = {
         "n_tasks": {"sft": "offline_sml.n_tasks", "rl": "online_sml.n_tasks"}, **_LORA,
         "n_examples": _int(0), **_SFT, "steps": "online_sml.steps", "tasks_per_step": "online_sml.tasks_per_step",
         "group_size": "st_rl.group_size", "rl_lr": "online_sml.lr", "beta": "online_sml.beta", **_DIALOGUE, **_TEACHER},
+    "07_q_priming": {**_TRAINING, **_CHUNK, **_CHECKPOINT, **{k: f"q_priming.{k}" for k in SCHEMA["q_priming"]},
+                     "max_turns": "dialogue.train_turns", **_DIALOGUE, **_TEACHER, **_LORA, **_SFT,
+                     **{k: f"online_sml.{k}" for k in ("steps", "tasks_per_step", "group_size", "credit", "beta")},
+                     "rl_lr": "online_sml.lr"},
     "08_evaluate": {"out_root": _string(False), **_CHUNK, "condition": _choice(*CONDITIONS), "model": _string(False),
                     "train_domains": "evaluation.train_domains", **_EVALUATION},
 }

@@ -9,6 +9,7 @@ the student's generated token ids) and runs evaluation.
 
 from __future__ import annotations
 
+import random
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ _ASKED_STEP = re.compile(r"\bstep\s+(\d+)", re.IGNORECASE)
 class Dialogue:
     """One dialogue's state. ``messages`` use chat roles: the teacher is ``user``, the student ``assistant``.
     Per student turn: ``labels``, ``correct``, ``premature``, ``revealed`` (shards seen when it was
-    written), ``student_ids`` (the generated tokens) and ``turn_starts`` (where they begin in ``ids``, the
+    written), ``injected`` (Q-priming: where a question that replaced the student's own turn came from, else
+    ""), ``student_ids`` (the generated tokens) and ``turn_starts`` (where they begin in ``ids``, the
     conversation's token ids); per teacher reply: ``leaks``."""
     task: dict
     variant: str
@@ -44,6 +46,7 @@ class Dialogue:
     premature: list[bool] = field(default_factory=list)
     revealed: list[int] = field(default_factory=list)
     leaks: list[bool] = field(default_factory=list)
+    injected: list[str] = field(default_factory=list)
     student_ids: list[list[int]] = field(default_factory=list)
     turn_starts: list[int] = field(default_factory=list)  # where each student turn begins in ``ids``
     past: object = None  # the student's KV cache of ``ids`` (kept between turns; see Student.generate)
@@ -131,19 +134,24 @@ def run_dialogues(tasks, student: Student, teacher: Teacher, *, variant: str = "
                   samples_per_task: int = 1, shard_reveal: str = "every_turn", max_new_tokens: int = 96,
                   temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64, seed: int = 0,
                   block_leaks: bool = True, workers: int = 2, gamma: float = 0.7, progress: bool = True,
-                  judge: Judge | None = None, reuse_cache: bool = True) -> list[Dialogue]:
+                  judge: Judge | None = None, reuse_cache: bool = True, inject=None,
+                  classifier=None) -> list[Dialogue]:
     """Simulate dialogues for every task (``samples_per_task`` each) and return their final states.
 
     ``block_leaks``: a teacher message that the leak audit flags is recorded as a leak and replaced by a
     plain verdict, so no transcript carries the answer (set False to study a leaky teacher).
     ``reuse_cache``: keep each dialogue's KV cache between turns, so a turn only runs the teacher's new
     tokens through the model instead of the whole conversation again.
+    ``inject``: a ``qprime.Injection`` (training data only): failed turns are replaced by questions, each
+    with probability ``decay ** turn``. ``classifier``: labels student turns instead of the rules
+    (``strategies.StrategyClassifier``, for real models).
     """
     check_settings(max_turns, gamma, variant, shard_reveal, samples_per_task)
     reuse_cache = reuse_cache and student.pieces is not None  # caches stay valid only while ids only grow
     tasks = list(tasks)
     torch.manual_seed(seed)
     judge = judge or Judge(workers)
+    inject_rng = random.Random(seed)  # its own stream: injection draws leave the student's sampling alone
     dialogues = start(tasks, student, teacher, variant, samples_per_task)
     bar = tqdm(total=len(dialogues), desc=f"dialogues ({variant}, {max_turns} turns)", unit="dialogue",
                disable=not progress)
@@ -158,8 +166,22 @@ def run_dialogues(tasks, student: Student, teacher: Teacher, *, variant: str = "
         pasts = [d.past for d in active] if reuse_cache else None
         generated = student.generate([d.ids for d in active], max_new_tokens, temperature, top_p, batch_size, pasts)
         replies = [student.decode(ids) for ids, _ in generated]
-        labels = [classify(r, d.task) for d, r in zip(active, replies)]
+        if classifier is not None:
+            labels = classifier.labels([d.messages for d in active], replies, [d.task for d in active])
+        else:
+            labels = [classify(r, d.task) for d, r in zip(active, replies)]
         checks = judge.checks(active, replies, labels)
+        injected = [""] * len(active)
+        if inject is not None:
+            chosen = inject.choose(turn, active, [bool(c and c["passed"]) for c in checks], inject_rng)
+            asked = inject.questions([active[i] for i in chosen], [replies[i] for i in chosen],
+                                     [checks[i] for i in chosen], student,
+                                     dict(temperature=temperature, top_p=top_p, batch_size=batch_size))
+            for i, (question, how) in zip(chosen, asked):
+                replies[i], labels[i], checks[i], injected[i] = question, "question", None, how
+                generated[i] = (student.encode(question), True)
+                if pasts is not None:
+                    pasts[i] = None  # the cache covers the words that were replaced
         views = []
         for k, (d, (ids, _), reply, label, check) in enumerate(zip(active, generated, replies, labels, checks)):
             d.past = pasts[k] if pasts is not None else None
@@ -169,6 +191,7 @@ def run_dialogues(tasks, student: Student, teacher: Teacher, *, variant: str = "
             d.ids = d.ids + ids
             d.student_ids.append(ids)
             d.labels.append(label)
+            d.injected.append(injected[k])
             d.correct.append(bool(check and check["passed"]))
             d.premature.append(label == "attempt" and len(d.shown) < d.n_shards)
             if d.correct[-1]:

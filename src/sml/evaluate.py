@@ -32,3 +32,11 @@ def success_table(rows: pd.DataFrame, turns=(1, 4, 10)) -> pd.DataFrame:
     picked = rows[rows["turn"].isin(turns)]
     return picked.pivot_table(index=["condition", "train_domain", "eval_domain", "variant"], columns="turn",
                               values="success", aggfunc="mean").rename(columns=lambda k: f"SR@{k}")
+
+
+def interval_rows(cells: dict) -> pd.DataFrame:
+    """``{(condition, train_domain, eval_domain, variant): [transcripts of each seed]}`` -> one row per cell with
+    the pooled premature and question rates and their bootstrap intervals (``metrics/parts/intervals``)."""
+    keys = ["condition", "train_domain", "eval_domain", "variant"]
+    return pd.DataFrame([{**dict(zip(keys, cell)), **transcripts.behaviour_intervals(data)} for cell, data in cells.items()],
+                        columns=transcripts.INTERVAL_COLUMNS)

@@ -69,11 +69,14 @@ class LLMTeacher(Teacher):
         return self.reply_batch([view])[0]
 
     def reply_batch(self, views: list[TeacherView]) -> list[str]:
-        prompts = [build_messages(v) for v in views]
+        return self.complete([build_messages(v) for v in views])
+
+    def complete(self, prompts: list[list[dict]]) -> list[str]:
+        """Chat completions for any prompts, through the disk cache (also used by ``sml.strategies``)."""
         keys = [self._key(p) for p in prompts]
         replies = [self._load(k) for k in keys]
         todo = [i for i, r in enumerate(replies) if r is None]
-        self.hits += len(views) - len(todo)
+        self.hits += len(prompts) - len(todo)
         self.misses += len(todo)
         if todo:
             for i, text in zip(todo, self._generate([prompts[i] for i in todo])):

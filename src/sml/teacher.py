@@ -24,6 +24,7 @@ FEEDBACK_KINDS = ("verdict", "direction", "step", "tests")
 _CODE_START = re.compile(r"```|^\s*(?:def|class|import|from)\s", re.MULTILINE)
 _ANSWER_MARKER = re.compile(r"answer\s*(?:is|:|=)|\\boxed\{", re.IGNORECASE)
 _STEP_REF = re.compile(r"\bsteps?\s+(\d+)", re.IGNORECASE)
+_TEST_CALL = re.compile(r"assert\s+(.+?)\s*==", re.DOTALL)
 _EQUATION = re.compile(r"(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)|-\(\s*(-?\d+)\s*\)\s*=\s*(-?\d+)")
 
 
@@ -163,7 +164,9 @@ class ScriptedTeacher(Teacher):
     - ``tests`` (code): how many hidden tests pass and the first failing one, expected vs actual.
 
     Questions are answered from the private knowledge: the requested shard on sharded tasks, else the
-    next intermediate step (math) or one hidden test (code).
+    step asked for ("what is step 2?") or the next intermediate step (math), and the test of the call
+    asked about ("what should f(3) return?") or the next hidden test (code). No answer ever gives the
+    final step's value away.
     """
 
     def __init__(self, feedback: str | list[str] = "verdict,direction,step,tests", reveal_answer: bool = False):
@@ -191,13 +194,13 @@ class ScriptedTeacher(Teacher):
         expression = metadata(task).get("expression")
         return steps_of(expression) if expression else []
 
-    def _next_hint(self, view: TeacherView) -> str:
-        """The next reference step the student has not been told yet, unless it is the answer."""
+    def _next_hint(self, view: TeacherView, k: int | None = None) -> str:
+        """Reference step ``k`` (1-based; default: the next one not told yet), unless it is the answer."""
         steps = self._reference_steps(view.task)[:-1]  # the last step's value is the answer
-        if view.hints_given < len(steps):
-            step = steps[view.hints_given]
+        k = k or view.hints_given + 1
+        if k <= len(steps):
             view.hinted = True
-            return f"Hint: step {view.hints_given + 1} is {step['equation']}."
+            return f"Hint: step {k} is {steps[k - 1]['equation']}."
         return ""
 
     def _math_feedback(self, view: TeacherView) -> list[str]:
@@ -254,10 +257,13 @@ class ScriptedTeacher(Teacher):
         return f"{what} failed: {str(result.get('error', 'error'))[:200]}"
 
     def _answer_question(self, view: TeacherView) -> str:
-        task = view.task
+        task, question = view.task, view.messages[-1]["content"]
         if task["domain"] == "math":
-            return self._next_hint(view) or "I can't tell you the answer, but you have everything you need."
+            asked = _STEP_REF.search(question)
+            return (self._next_hint(view, int(asked.group(1)) if asked else None)
+                    or "I can't tell you the answer, but you have everything you need.")
         tests = task["tests"]
-        test = tests[view.hints_given % len(tests)]
+        about = [t for t in tests if (call := _TEST_CALL.match(t.strip())) and call.group(1) in question]
+        test = about[0] if about else tests[view.hints_given % len(tests)]
         view.hinted = True
         return f"Here is one of the tests: {test}"

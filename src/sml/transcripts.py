@@ -1,8 +1,8 @@
 """Transcripts as Hugging Face datasets, and the metrics computed from them.
 
 One record per dialogue: the messages (teacher = ``user``, student = ``assistant``), per student turn
-its label (attempt/question/other), whether it was correct, whether it was a premature attempt and how
-many shards had been revealed; per teacher reply whether the leak audit flagged it; and the outcome
+its label (attempt/question/other), whether it was correct, whether it was a premature attempt, how
+many shards had been revealed and whether Q-priming put a question in its place; per teacher reply whether the leak audit flagged it; and the outcome
 (``solved_turn``, ``reward`` = gamma^(t-1) on success).
 """
 
@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pandas as pd
 
 FEATURES = datasets.Features({
@@ -27,6 +28,7 @@ FEATURES = datasets.Features({
     "premature": datasets.List(datasets.Value("bool")),
     "revealed": datasets.List(datasets.Value("int32")),
     "leaks": datasets.List(datasets.Value("bool")),
+    "injected": datasets.List(datasets.Value("string")),
     "n_shards": datasets.Value("int32"),
     "turns": datasets.Value("int32"),
     "solved_turn": datasets.Value("int32"),
@@ -40,7 +42,7 @@ def record(d, gamma: float) -> dict:
     return {"id": f"{d.task['id']}#{d.sample}", "task_id": d.task["id"], "domain": d.task["domain"],
             "source": d.task["source"], "variant": d.variant, "sample": d.sample, "messages": d.messages,
             "labels": d.labels, "correct": d.correct, "premature": d.premature, "revealed": d.revealed,
-            "leaks": d.leaks, "n_shards": d.n_shards, "turns": d.turns, "solved_turn": d.solved_turn,
+            "leaks": d.leaks, "injected": d.injected, "n_shards": d.n_shards, "turns": d.turns, "solved_turn": d.solved_turn,
             "stop": d.stop, "reward": d.reward(gamma)}
 
 
@@ -97,7 +99,28 @@ def behaviour(transcripts) -> dict:
             "leak_rate": sum(leaks) / len(leaks) if leaks else 0.0}
 
 
+def behaviour_intervals(cells, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Premature and question rates of the dialogues of ``cells`` (transcript datasets, e.g. one per seed)
+    pooled, each with a 95% bootstrap interval that resamples whole dialogues (a dialogue's turns are not
+    independent of each other). Also the counts they rest on."""
+    counts = np.array([(sum(l == "attempt" for l in labels), sum(premature), sum(l == "question" for l in labels),
+                        len(labels)) for data in cells for labels, premature in zip(data["labels"], data["premature"])],
+                      dtype=float).reshape(-1, 4)
+    picks = np.random.default_rng(seed).integers(0, len(counts), size=(n_boot, len(counts)))
+    out = {"dialogues": len(counts), "attempts": int(counts[:, 0].sum()), "turns": int(counts[:, 3].sum())}
+    for name, num, den in (("premature", 1, 0), ("question", 2, 3)):
+        total = counts[:, den].sum()
+        out[f"{name}_rate"] = float(counts[:, num].sum() / total) if total else 0.0
+        num_b, den_b = counts[picks, num].sum(1), counts[picks, den].sum(1)
+        rates = np.divide(num_b, den_b, out=np.zeros_like(num_b), where=den_b > 0)
+        out[f"{name}_low"], out[f"{name}_high"] = (float(q) for q in np.quantile(rates, [0.025, 0.975]))
+    return out
+
+
 EVAL_COLUMNS = ["condition", "train_domain", "eval_domain", "variant", "seed", "turn", "success", "n"]
+INTERVAL_COLUMNS = ["condition", "train_domain", "eval_domain", "variant", "dialogues", "attempts", "turns",
+                    "premature_rate", "premature_low", "premature_high", "question_rate", "question_low",
+                    "question_high"]
 BEHAVIOUR_COLUMNS = ["condition", "train_domain", "eval_domain", "variant", "seed", "premature_rate",
                      "question_rate", "mean_turns_to_solve", "leak_rate"]
 KEYS = ["condition", "train_domain", "eval_domain", "variant", "seed"]
