@@ -103,14 +103,16 @@ class Injection:
                     chosen.append(i)
         return chosen
 
-    def questions(self, dialogues, attempts: list[str], checks: list[dict | None], student, generation: dict) -> list[tuple[str, str]]:
+    def questions(self, dialogues, attempts: list[str], checks: list[dict | None], student,
+                  generation: dict) -> list[tuple[str, str]]:
         """(question, where it came from) for each chosen dialogue."""
-        templated = [template_question(d.task, a, c, d.messages, d.hints_given) for d, a, c in zip(dialogues, attempts, checks)]
+        chosen = list(zip(dialogues, attempts, checks))
+        templated = [template_question(d.task, a, c, d.messages, d.hints_given) for d, a, c in chosen]
         written = [None] * len(dialogues)
         if self.source == "model" and dialogues:
-            prompts = [student.prompt_ids(question_prompt(TeacherView(task=d.task, variant=d.variant, messages=d.messages,
-                                                                      label="attempt", check=c), a))
-                       for d, a, c in zip(dialogues, attempts, checks)]
+            views = [TeacherView(task=d.task, variant=d.variant, messages=d.messages, label="attempt", check=c)
+                     for d, _, c in chosen]
+            prompts = [student.prompt_ids(question_prompt(v, a)) for v, (_, a, _) in zip(views, chosen)]
             out = student.generate(prompts, self.max_new_tokens, generation.get("temperature", 1.0),
                                    generation.get("top_p", 1.0), generation.get("batch_size", 64))
             written = [student.decode(ids).strip() for ids, _ in out]
