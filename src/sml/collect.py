@@ -34,8 +34,7 @@ def read_parts(folder: Path, columns: list[str]) -> pd.DataFrame:
             raise ValueError(f"{path}: columns {list(frame.columns)} are not the contract's {columns}")
         frames.append(frame)
     rows = pd.concat(frames, ignore_index=True)
-    duplicated = rows.duplicated(subset=[c for c in columns if c in KEYS + ["turn"]]) if "seed" in columns \
-        else rows.duplicated(subset=KEYS[:4])
+    duplicated = rows.duplicated(subset=[c for c in columns if c in KEYS + ["turn"]])
     if duplicated.any():
         raise ValueError(f"{folder}: two parts hold the same cell, e.g. {rows[duplicated].iloc[0][KEYS].to_dict()}")
     return rows
