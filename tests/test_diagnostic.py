@@ -3,14 +3,16 @@ context followed by the answer, whatever the batching."""
 
 import torch
 
-from sml.diagnostic import answer_losses, loss_by_turn
+import pandas as pd
+
+from sml.diagnostic import answer_losses, answer_target, dialogue_losses, loss_curve, loss_drop
 from sml.sft import answer_of
 from sml.student import Student
 from test_dialogue import math_task, model, tok  # noqa: F401 (model, tok: shared fixtures)
 
 
-def reference_loss(student, messages, answer):
-    ids = student.prompt_ids(messages)
+def reference_loss(student, messages, answer, prefix=""):
+    ids = student.prompt_ids(messages) + (student.encode(prefix) if prefix else [])
     target = student.encode(answer) + [student.eos_id]
     with torch.no_grad():
         logits = student.model(input_ids=torch.tensor([ids + target])).logits[0]
@@ -34,14 +36,33 @@ def test_loss_after_each_teacher_turn_matches_a_plain_forward_pass(tok, model):
     assert len(set(round(v, 4) for v in expected)) == 3  # the feedback changes what the model expects
 
 
-def test_loss_by_turn_averages_over_the_dialogues_that_reached_each_turn(tok, model):
+def test_dialogue_losses_keep_a_fixed_cohort_of_dialogues_that_lasted(tok, model):
     student = Student(model, tok, device="cpu")
     task = math_task()
-    long = {"task_id": task["id"], "messages": [{"role": "user", "content": task["prompt"]},
-                                                {"role": "assistant", "content": "The answer is 30."},
-                                                {"role": "user", "content": "That is not right."}]}
-    short = {"task_id": task["id"], "messages": long["messages"][:1]}
-    table = loss_by_turn(student, [long, short], {task["id"]: task})
-    assert table["turn"].tolist() == [1, 2] and table["n"].tolist() == [2, 1]
-    first = reference_loss(student, long["messages"][:1], answer_of(task))
-    assert abs(table["loss"].iloc[0] - first) < 1e-4
+    long = {"id": "long", "task_id": task["id"], "messages": [{"role": "user", "content": task["prompt"]},
+                                                              {"role": "assistant", "content": "The answer is 30."},
+                                                              {"role": "user", "content": "That is not right."},
+                                                              {"role": "assistant", "content": "31"},
+                                                              {"role": "user", "content": "Too high."}]}
+    short = {"id": "short", "task_id": task["id"], "messages": long["messages"][:1]}  # solved at once: left out
+    table = dialogue_losses(student, [long, short], {task["id"]: task}, turns=2)
+    assert table["dialogue"].tolist() == ["long", "long"] and table["turn"].tolist() == [1, 2]
+    prefix, answer = answer_target(task)
+    assert prefix == "The answer is" and answer == f" {task['answer']}."  # math: only the final value is scored
+    expected = [reference_loss(student, long["messages"][:cut], answer, prefix) for cut in (1, 3)]
+    assert torch.allclose(torch.tensor(table["loss"].tolist()), torch.tensor(expected), atol=1e-4)
+
+
+def test_loss_drop_and_curve_on_known_losses():
+    # two dialogues: one falls by 2 nats, one by 0 -> mean drop 1; the bootstrap can only pick 0, 1 or 2
+    frame = pd.DataFrame({"dialogue": ["a", "a", "a", "b", "b", "b"], "turn": [1, 2, 3] * 2,
+                          "loss": [3.0, 2.0, 1.0, 1.0, 1.5, 1.0]})
+    drop = loss_drop(frame)
+    assert (drop["dialogues"], drop["turns"], drop["drop"], drop["loss_first"], drop["loss_last"]) == (2, 3, 1.0, 2.0, 1.0)
+    assert drop["drop_low"] == 0.0 and drop["drop_high"] == 2.0
+    assert loss_drop(frame) == drop  # a fixed bootstrap seed
+    curve = loss_curve(frame)
+    assert curve["turn"].tolist() == [1, 2, 3] and curve["loss"].tolist() == [2.0, 1.75, 1.0]
+    assert curve["n"].tolist() == [2, 2, 2] and (curve["ci_low"] <= curve["loss"]).all()
+    assert curve.loc[2, "ci_low"] == curve.loc[2, "ci_high"] == 1.0  # no spread, no width
+    assert loss_drop(frame.iloc[:0])["dialogues"] == 0

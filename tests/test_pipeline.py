@@ -18,7 +18,7 @@ import papermill
 import pytest
 import yaml
 
-from sml import collect, resume, transcripts
+from sml import claims, collect, resume, transcripts
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -98,15 +98,22 @@ def run_notebook(name, out_root, **parameters):
                                progress_bar=False, kernel_name="python3")
 
 
+AFTER_COLLECT = ("08_loss_diagnostic", "09_report")  # these read every condition's evaluation
+
+
 def run_chain(out_root):
-    """Every notebook, in pipeline order, with its smoke defaults, writing under ``out_root``; then the
-    collect step. Returns the summary."""
+    """Every notebook, in pipeline order, with its smoke defaults, writing under ``out_root``, the collect
+    step before the report. Returns the summary."""
     for path in NOTEBOOKS:
-        run_notebook(path.stem, out_root)
+        if path.stem not in AFTER_COLLECT:
+            run_notebook(path.stem, out_root)
     run_notebook("06_single_turn_baselines", out_root, baseline="rl")
     for condition in TRAINED[1:]:
         run_notebook("08_evaluate", out_root, condition=condition)
-    return collect.collect(out_root)
+    run_notebook("08_loss_diagnostic", out_root)
+    summary = collect.collect(out_root)
+    run_notebook("09_report", out_root)
+    return summary
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +173,20 @@ def test_notebook_chain_runs_end_to_end(chain):
             assert 0 <= low <= rates[name] <= high <= 1
         assert (tmp_path / "reports" / "figures" / f"08_sharded_{condition}.png").exists() or condition == "base"
     assert not (tmp_path / resume.WORK).exists() or not any((tmp_path / resume.WORK).iterdir())  # work cleaned up
+    # the diagnostic and the report
+    diagnostic = json.loads((tmp_path / "metrics" / "diagnostic.json").read_text())
+    assert set(diagnostic) == {"base", *TRAINED}
+    drop = diagnostic["sml_online"]["math->math full"]
+    assert drop["turns"] == 2 and drop["dialogues"] > 0 and drop["drop_ci"][0] <= drop["drop"] <= drop["drop_ci"][1]
+    assert set(pd.read_csv(tmp_path / "metrics" / "diagnostic.csv")["turn"]) == {1, 2}
+    for name in ("sr_at_k", "cross_domain", "turn_generalisation", "sharded", "loss_diagnostic", "training_curves"):
+        assert (tmp_path / "reports" / "figures" / f"09_{name}.png").stat().st_size > 10_000, name
+    sr = pd.read_csv(tmp_path / "metrics" / "sr_curves.csv")
+    assert set(sr["condition"]) == {"base", *TRAINED} and sr["ci_low"].le(sr["success"]).all()
+    executed = nbformat.read(tmp_path / "09_report.ipynb", as_version=4)
+    shown = "".join(str(o.get("data", {}).get("text/markdown", "")) for c in executed.cells if c.cell_type == "code"
+                    for o in c.outputs)
+    assert shown.count("\n| ") == len(claims.CLAIMS)  # the claims table, one row per claim
 
 
 def metric_files(out_root):

@@ -154,6 +154,7 @@ SCHEMA = {
                   "question_source": _choice(*QUESTION_SOURCES)},
     "classifier": {"kind": _choice(*CLASSIFIER_KINDS), "model": _string(), "base_url": _string(), "api_key_env": _string(),
                    "cache_dir": _string()},
+    "diagnostic": {"variant": _choice(*VARIANTS), "turns": _int(2), "batch_size": _int(1)},
 }
 
 
@@ -197,6 +198,11 @@ CROSS = [
     (("evaluation.code_source", "tasks.sources"),
      lambda s, srcs: f"{s!r} is not built: add it to tasks.sources ({srcs!r})" if s not in as_list(srcs) else None),
     (("train.domains", "tasks.sources"), _missing_toy),
+    (("diagnostic.turns", "dialogue.eval_turns"),
+     lambda t, e: f"must be <= dialogue.eval_turns ({e}): a dialogue has at most that many teacher turns, got {t}"
+     if t > e else None),
+    (("diagnostic.variant", "evaluation.variants"),
+     lambda v, vs: f"{v!r} is not evaluated: add it to evaluation.variants ({vs!r})" if v not in as_list(vs) else None),
 ]
 
 
@@ -297,6 +303,11 @@ NOTEBOOKS = {
                      "rl_lr": "online_sml.lr"},
     "08_evaluate": {"out_root": _string(False), **_CHUNK, "condition": _choice(*CONDITIONS), "model": _string(False),
                     "train_domains": "evaluation.train_domains", **_EVALUATION},
+    "08_loss_diagnostic": {"out_root": _string(False), "model": _string(False), "conditions": _list("base", *CONDITIONS),
+                           **{k: f"evaluation.{k}" for k in ("train_domains", "seeds", "math_source", "code_source")},
+                           **{k: f"diagnostic.{k}" for k in SCHEMA["diagnostic"]}},
+    "09_report": {"out_root": _string(False), "train_turns": "dialogue.train_turns", "gallery_seed": _int(0),
+                  "gallery_per_kind": _int(0)},
 }
 
 _PLAIN = (bool, int, float, str, list, dict, type(None))  # what papermill -p / -y can inject

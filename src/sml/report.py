@@ -1,0 +1,107 @@
+"""What the report notebook (09) reads and tabulates: success curves with intervals, gains over the base,
+training curves, and transcripts picked for the gallery. Plotting stays in the notebook."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from . import transcripts
+from .claims import mover
+from .collect import pooled
+
+ORDER = ("base", "st_sft", "sml_offline", "st_rl", "sml_online", "sml_qprime")  # the figures' legend order
+CELL = ["condition", "train_domain", "eval_domain", "variant"]
+
+
+def sr_curves(rows: pd.DataFrame) -> pd.DataFrame:
+    """``metrics/eval.csv`` rows -> one SR@k curve per cell, seeds pooled, with 95% Wilson intervals:
+    ``condition, train_domain, eval_domain, variant, turn, success, ci_low, ci_high, n``."""
+    frames = [pooled(cell).assign(**dict(zip(CELL, key))) for key, cell in rows.groupby(CELL)]
+    curves = pd.concat(frames, ignore_index=True)
+    return curves[CELL + ["turn", "success", "ci_low", "ci_high", "n"]]
+
+
+def in_domain(curves: pd.DataFrame) -> pd.DataFrame:
+    """The cells trained and evaluated on the same domain (the base, trained on none, counts as in-domain)."""
+    return curves[(curves["train_domain"] == curves["eval_domain"]) | (curves["condition"] == "base")]
+
+
+def gains_over_base(curves: pd.DataFrame) -> pd.DataFrame:
+    """Each trained cell's SR@k minus the base's on the same evaluation domain and variant, per turn, with a
+    95% MOVER interval: ``..., turn, gain, ci_low, ci_high``."""
+    base = curves[curves["condition"] == "base"].set_index(["eval_domain", "variant", "turn"])
+    rows = []
+    for row in curves[curves["condition"] != "base"].itertuples(index=False):
+        ref = base.loc[(row.eval_domain, row.variant, row.turn)]
+        gain, low, high = mover(row.success, (row.ci_low, row.ci_high), ref["success"], (ref["ci_low"], ref["ci_high"]))
+        rows.append({**{k: getattr(row, k) for k in CELL}, "turn": row.turn, "gain": gain, "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows)
+
+
+def training_curves(metrics_root: str | Path, conditions, name: str) -> pd.DataFrame:
+    """The dvclive curve ``name`` (e.g. ``reward`` or ``loss``) of every training run of ``conditions`` found
+    under ``metrics_root/train``: ``condition, domain, seed, step, value``."""
+    frames = []
+    for condition in conditions:
+        for path in sorted((Path(metrics_root) / "train" / condition).glob(f"*_s*/plots/metrics/{name}.tsv")):
+            domain, seed = path.parents[2].name.rsplit("_s", 1)
+            table = pd.read_csv(path, sep="\t")
+            frames.append(pd.DataFrame({"condition": condition, "domain": domain, "seed": int(seed),
+                                        "step": table["step"], "value": table[name]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["condition", "domain", "seed", "step", "value"])
+
+
+def transcript_path(root: str | Path, condition: str, train_domain: str, eval_domain: str, variant: str,
+                    seed: int) -> Path:
+    """Where the evaluating stages saved a cell's transcripts (03 for the base, 08 for the rest)."""
+    folder = Path(root) / "data" / "transcripts" / condition
+    if condition == "base":
+        return folder / f"{eval_domain}_{variant}_s{seed}"
+    return folder / f"{train_domain}_s{seed}" / f"{eval_domain}_{variant}"
+
+
+def _attempts(record) -> list[str]:
+    turns = [m["content"].strip() for m in record["messages"] if m["role"] == "assistant"]
+    return [t for t, label in zip(turns, record["labels"]) if label == "attempt"]
+
+
+def used_feedback(record) -> bool:
+    """Solved after at least one wrong attempt: the feedback on it was put to use."""
+    return record["solved_turn"] > 1 and any(label == "attempt" for label in record["labels"][:record["solved_turn"] - 1])
+
+
+def ignored_feedback(record) -> bool:
+    """Never solved, and gave the same wrong answer again after being told it was wrong."""
+    attempts = _attempts(record)
+    return not record["solved_turn"] and len(attempts) > len(set(attempts))
+
+
+def gallery(data, per_kind: int = 1) -> list[tuple[str, dict]]:
+    """Up to ``per_kind`` dialogues of ``data`` where the student used feedback, and as many where it
+    ignored it (first ones in order, so the pick is deterministic)."""
+    picked = []
+    for kind, test in (("used feedback", used_feedback), ("ignored feedback", ignored_feedback)):
+        picked += [(kind, r) for r in [r for r in data if test(r)][:per_kind]]
+    return picked
+
+
+def as_text(record, width: int = 400) -> str:
+    """A dialogue as plain text, each student turn with its label (long turns cut at ``width``)."""
+    status = f"solved at turn {record['solved_turn']}" if record["solved_turn"] else "not solved"
+    lines = [f"--- {record['id']} ({record['variant']}), {status}"]
+    labels = iter(zip(record["labels"], record["correct"]))
+    for message in record["messages"]:
+        text = message["content"] if len(message["content"]) <= width else message["content"][:width] + " ..."
+        if message["role"] == "user":
+            lines.append(f"TEACHER: {text}")
+        else:
+            label, ok = next(labels)
+            lines.append(f"STUDENT [{label}{', correct' if ok else ''}]: {text}")
+    return "\n".join(lines)
+
+
+def load_cell(root, condition, train_domain, eval_domain, variant, seed):
+    return transcripts.load(transcript_path(root, condition, train_domain, eval_domain, variant, seed))
