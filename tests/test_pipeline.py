@@ -194,7 +194,7 @@ def metric_files(out_root):
 
 
 def test_a_rerun_gives_identical_metrics(chain, tmp_path):
-    """Determinism: the same seeds give byte-identical metric tables (and adapters) on a rerun."""
+    """Determinism: the same seeds give byte-identical metric tables, adapters and report figures on a rerun."""
     first, _ = chain
     run_chain(tmp_path)
     assert metric_files(tmp_path) == metric_files(first) and len(metric_files(first)) >= 10
@@ -202,6 +202,10 @@ def test_a_rerun_gives_identical_metrics(chain, tmp_path):
         assert (tmp_path / path).read_bytes() == (first / path).read_bytes(), f"{path} differs on a rerun"
     for adapter in (first / "models").glob("*/math_s0/adapter_model.safetensors"):
         assert (tmp_path / adapter.relative_to(first)).read_bytes() == adapter.read_bytes()
+    figures = sorted((first / "reports" / "figures").glob("0[89]_*.png"))  # the evaluation's and the report's
+    assert len(figures) >= 7
+    for figure in figures:
+        assert (tmp_path / figure.relative_to(first)).read_bytes() == figure.read_bytes(), f"{figure.name} differs"
 
 
 def copy_inputs(chain_root, out_root):
