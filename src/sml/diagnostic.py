@@ -33,8 +33,9 @@ def answer_losses(student: Student, messages: list[dict], answer: str, batch_siz
     message of ``messages`` (teacher = ``user``): one value per teacher turn, the opening included (the
     first ``turns`` of them if given)."""
     answer_ids = student.encode(prefix + answer) + [student.eos_id]  # the end of the turn is part of a right answer
-    given = len(student.encode(prefix)) if prefix else 0
-    if prefix and student.encode(prefix) != answer_ids[:given]:
+    prefix_ids = student.encode(prefix) if prefix else []
+    given = len(prefix_ids)
+    if prefix_ids != answer_ids[:given]:
         raise ValueError(f"answer_losses: {prefix!r} does not tokenize the same before {answer!r}")
     cuts = [k + 1 for k, m in enumerate(messages) if m["role"] == "user"][:turns]
     sequences = [student.prompt_ids(messages[:cut]) + answer_ids for cut in cuts]
@@ -69,6 +70,13 @@ def dialogue_losses(student: Student, transcripts, tasks: dict, turns: int, batc
     return pd.DataFrame(rows, columns=["dialogue", "turn", "loss"])
 
 
+def _mean_interval(values: np.ndarray, rng: np.random.Generator, n_boot: int) -> tuple[float, float]:
+    """95% bootstrap interval of the mean of ``values``."""
+    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return float(low), float(high)
+
+
 def loss_drop(frame: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> dict:
     """How much the loss on the answer falls from the first teacher turn to the last of ``frame``
     (``dialogue_losses``, a cell's seeds concatenated), per dialogue, averaged: ``drop`` > 0 means the
@@ -78,11 +86,10 @@ def loss_drop(frame: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> dict:
                 "drop": float("nan"), "drop_low": float("nan"), "drop_high": float("nan")}
     wide = frame.pivot(index="dialogue", columns="turn", values="loss").sort_index()
     drops = (wide.iloc[:, 0] - wide.iloc[:, -1]).to_numpy()
-    means = drops[np.random.default_rng(seed).integers(0, len(drops), size=(n_boot, len(drops)))].mean(1)
-    low, high = np.quantile(means, [0.025, 0.975])
+    low, high = _mean_interval(drops, np.random.default_rng(seed), n_boot)
     return {"dialogues": len(wide), "turns": wide.shape[1], "loss_first": float(wide.iloc[:, 0].mean()),
-            "loss_last": float(wide.iloc[:, -1].mean()), "drop": float(drops.mean()), "drop_low": float(low),
-            "drop_high": float(high)}
+            "loss_last": float(wide.iloc[:, -1].mean()), "drop": float(drops.mean()), "drop_low": low,
+            "drop_high": high}
 
 
 def loss_curve(frame: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
@@ -91,8 +98,6 @@ def loss_curve(frame: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.Dat
     rng, rows = np.random.default_rng(seed), []
     for turn, at in frame.groupby("turn"):
         values = at["loss"].to_numpy()
-        means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(1)
-        low, high = np.quantile(means, [0.025, 0.975])
-        rows.append({"turn": int(turn), "loss": float(values.mean()), "ci_low": float(low), "ci_high": float(high),
-                     "n": len(values)})
+        low, high = _mean_interval(values, rng, n_boot)
+        rows.append({"turn": int(turn), "loss": float(values.mean()), "ci_low": low, "ci_high": high, "n": len(values)})
     return pd.DataFrame(rows, columns=["turn", "loss", "ci_low", "ci_high", "n"])
