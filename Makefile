@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup sandbox-deps test repro bench clean-smoke
+.PHONY: setup sandbox-deps test repro bench bench-gpu profile clean-smoke
 
 setup: $(STAMP) sandbox-deps
 
@@ -42,6 +42,14 @@ repro: setup
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro base_student
 	PYTHONPATH=src $(BIN)/python -m sml.bench --out metrics/bench.json
+
+# On a GPU machine: the engine vs raw generate and GRPO s/step for Qwen2.5-0.5B/1.5B-shaped random models.
+bench-gpu: setup
+	PYTHONPATH=src $(BIN)/python -m sml.bench_gpu --out metrics/bench_gpu.json
+
+# Switch params.yaml to a profile (profiles/*.yaml), e.g. `make profile PROFILE=qwen2.5-7b`; PROFILE=tiny-cpu switches back.
+profile: setup
+	PYTHONPATH=src $(BIN)/python -m sml.profiles $(PROFILE) --write
 
 clean-smoke:
 	rm -rf runs/smoke

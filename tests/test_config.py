@@ -72,6 +72,10 @@ def test_the_choices_mirror_the_modules_that_use_them():
     assert (config.DOMAINS, config.VARIANTS) == (schema.DOMAINS, schema.VARIANTS)
     assert config.FEEDBACK == teacher.FEEDBACK_KINDS and config.TEACHER_KINDS == llm_teacher.KINDS
     assert config.SHARD_REVEAL == engine.SHARD_REVEAL and config.CREDIT == grpo.CREDIT
+    from sml import evaluate
+    assert (config.GENERATION, config.VLLM_MODES) == (grpo.GENERATION, grpo.VLLM_MODES)
+    assert config.EVAL_BACKENDS == evaluate.BACKENDS
+    assert all(s in build.SOURCES and s not in build.EVAL_ONLY for s in sum(config.TRAIN_SOURCES.values(), ()))
 
 
 @pytest.mark.parametrize("notebook", config.NOTEBOOKS)
@@ -154,10 +158,24 @@ def test_dvc_passes_each_notebook_parameter_from_its_schema_key(stage):
                                                 "add it to tasks.sources"),
     ("tasks.math_min_terms", 4, "tasks.math_min_terms: must be <= tasks.math_max_terms (3), got 4"),
     ("teacher.kind", "hf", "teacher.model: required for teacher.kind 'hf'"),
+    ("train.math_source", "omni_math", "train.math_source: 'omni_math' is not built: add it to tasks.sources"),
+    ("train.code_source", "livecodebench", "train.code_source: must be one of 'toy_code', 'opencodeinstruct'"),
+    ("generation.eval", "openai", "generation.eval_base_url: required for generation.eval 'openai'"),
+    ("generation.vllm_mode", "server", None),  # fine while generation.grpo is the engine
+    ("student.model", "", "student.model: must be a non-empty string"),
 ])
 def test_bad_params_are_rejected_naming_the_key(key, value, expected):
+    if expected is None:
+        config.check_params(changed(PARAMS, key, value))
+        return
     lines = problems(config.check_params, changed(PARAMS, key, value))
     assert len(lines) == 1 and lines[0].startswith(expected), lines
+
+
+def test_vllm_server_mode_needs_its_url():
+    params = changed(changed(PARAMS, "generation.grpo", "vllm"), "generation.vllm_mode", "server")
+    lines = problems(config.check_params, params)
+    assert lines == ["generation.vllm_server_url: required for generation.vllm_mode 'server' (e.g. http://localhost:8000)"]
 
 
 def test_every_problem_is_reported_at_once():

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from sml import llm_teacher, resume
+from sml import openai_api, resume
 from sml.llm_teacher import OpenAITeacher
 from sml.student import Student
 from sml.tasks import toy_math
@@ -77,7 +77,7 @@ def endpoint():
 def sleeps(monkeypatch):
     """The backoff waits, recorded instead of slept."""
     waits = []
-    monkeypatch.setattr(llm_teacher.time, "sleep", waits.append)
+    monkeypatch.setattr(openai_api.time, "sleep", waits.append)
     return waits
 
 

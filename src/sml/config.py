@@ -9,8 +9,8 @@ line starting with the key it is about::
     check_params_file("params.yaml")                  # or: python -m sml.config [params.yaml]
     settings = check_notebook("05_online_sml", globals())  # right after a notebook's imports
 
-Only the standard library is imported (ruamel.yaml, as DVC reads params.yaml, only to read a file), so
-the checks cost nothing next to the work they guard. The choices mirror constants of the modules that
+Only the standard library is imported (with ``sml.optional``, itself stdlib-only; ruamel.yaml, as DVC
+reads params.yaml, only to read a file), so the checks cost nothing next to the work they guard. The choices mirror constants of the modules that
 use them (``tests/test_config.py`` keeps them equal).
 """
 
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import difflib
 import sys
+
+from .optional import missing
 
 # The choices (mirrors of sml.tasks.build.SOURCES, sml.tasks.toy_math.GENERATORS, ...).
 SOURCES = ("toy_math", "toy_code", "omni_math", "opencodeinstruct", "humaneval", "livecodebench",
@@ -36,6 +38,11 @@ CREDIT = ("conversation", "turn")
 CONDITIONS = ("sml_offline", "st_sft", "sml_online", "st_rl", "sml_qprime")
 QUESTION_SOURCES = ("template", "model")
 CLASSIFIER_KINDS = ("rules", "hf", "openai")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+GENERATION = ("engine", "vllm")          # sml.grpo.GENERATION
+VLLM_MODES = ("colocate", "server")
+EVAL_BACKENDS = ("local", "openai")      # sml.evaluate.BACKENDS
+TRAIN_SOURCES = {"math": ("toy_math", "omni_math"), "code": ("toy_code", "opencodeinstruct")}
 
 
 # ---- rules: value -> None if good, else "must be ..., got ..." ----
@@ -131,6 +138,11 @@ SCHEMA = {
         "intermediate_size": _int(1), "max_positions": _int(1), "epochs": _number(0), "batch_size": _int(1),
         "lr": _number(0), "eval_every": _int(0), "n_probe": _int(1)},
     "resume": {"chunk_tasks": _int(1), "checkpoint_steps": _int(0)},
+    "student": {"model": _string(False), "dtype": _choice(*DTYPES)},
+    "generation": {
+        "grpo": _choice(*GENERATION), "vllm_mode": _choice(*VLLM_MODES), "vllm_server_url": _string(),
+        "vllm_gpu_memory": _number(0, 1), "eval": _choice(*EVAL_BACKENDS), "eval_base_url": _string(),
+        "eval_api_key_env": _string()},
     "dialogue": {
         "gamma": _number(0, 1), "train_turns": _int(1), "eval_turns": _int(1), "temperature": _number(0, open_lo=False),
         "top_p": _number(0, 1), "max_new_tokens": _int(1), "batch_size": _int(1),
@@ -141,7 +153,8 @@ SCHEMA = {
     "evaluation": {
         "seeds": _list(), "train_domains": _list(*DOMAINS), "n_tasks": _int(1), "variants": _list(*VARIANTS),
         "math_source": _choice(*MATH_SOURCES), "code_source": _choice(*CODE_SOURCES)},
-    "train": {"domains": _list(*DOMAINS, csv=False), "seeds": _list(csv=False)},
+    "train": {"domains": _list(*DOMAINS, csv=False), "seeds": _list(csv=False),
+              "math_source": _choice(*TRAIN_SOURCES["math"]), "code_source": _choice(*TRAIN_SOURCES["code"])},
     "finetune": {
         "lora_r": _int(1), "lora_alpha": _int(1), "lora_dropout": _number(0, 1, open_lo=False, open_hi=True),
         "epochs": _number(0), "batch_size": _int(1), "lr": _number(0)},
@@ -158,9 +171,10 @@ SCHEMA = {
 }
 
 
-def _missing_toy(domains, sources):
-    missing = [f"toy_{d}" for d in domains if f"toy_{d}" not in as_list(sources)]
-    return f"trains on {', '.join(missing)}: add it to tasks.sources ({sources!r})" if missing else None
+def _unbuilt(domain):
+    """train.<domain>_source must be built by the tasks stage when the domain is trained on."""
+    return lambda source, sources, domains: (f"{source!r} is not built: add it to tasks.sources ({sources!r})"
+                                             if domain in domains and source not in as_list(sources) else None)
 
 
 # Checks across keys: (keys, fn(*values) -> problem or None), run when every key is there and valid;
@@ -197,7 +211,14 @@ CROSS = [
      lambda s, srcs: f"{s!r} is not built: add it to tasks.sources ({srcs!r})" if s not in as_list(srcs) else None),
     (("evaluation.code_source", "tasks.sources"),
      lambda s, srcs: f"{s!r} is not built: add it to tasks.sources ({srcs!r})" if s not in as_list(srcs) else None),
-    (("train.domains", "tasks.sources"), _missing_toy),
+    (("train.math_source", "tasks.sources", "train.domains"), _unbuilt("math")),
+    (("train.code_source", "tasks.sources", "train.domains"), _unbuilt("code")),
+    (("generation.vllm_server_url", "generation.grpo", "generation.vllm_mode"),
+     lambda url, grpo, mode: "required for generation.vllm_mode 'server' (e.g. http://localhost:8000)"
+     if grpo == "vllm" and mode == "server" and not url else None),
+    (("generation.eval_base_url", "generation.eval"),
+     lambda url, backend: "required for generation.eval 'openai' (e.g. http://localhost:8000/v1)"
+     if backend == "openai" and not url else None),
     (("diagnostic.turns", "dialogue.eval_turns"),
      lambda t, e: f"must be <= dialogue.eval_turns ({e}): a dialogue has at most that many teacher turns, got {t}"
      if t > e else None),
@@ -276,34 +297,38 @@ _EVALUATION = {**{k: f"evaluation.{k}" for k in ("seeds", "n_tasks", "variants",
                **{f"classifier_{k}": f"classifier.{k}" for k in SCHEMA["classifier"]}}
 _CHUNK = {"chunk_tasks": "resume.chunk_tasks"}
 _CHECKPOINT = {"checkpoint_steps": "resume.checkpoint_steps"}
-# Set by dvc.yaml itself or its matrix (train.domains x train.seeds), not by a params.yaml key.
-_TRAINING = {"out_root": _string(False), "model": _string(False), "train_domain": _choice(*DOMAINS),
-             "seed": _int(0), "task_source": _choice("", *(s for s in SOURCES if s not in EVAL_ONLY))}
+_STUDENT = {"model": "student.model", "dtype": "student.dtype"}
+_VLLM = {"generation": "generation.grpo", **{k: f"generation.{k}" for k in ("vllm_mode", "vllm_server_url", "vllm_gpu_memory")}}
+_REMOTE = {"eval_backend": "generation.eval", "eval_base_url": "generation.eval_base_url",
+           "eval_api_key_env": "generation.eval_api_key_env"}
+# out_root and the matrix cell (train.domains x train.seeds) are set by dvc.yaml itself, not by a params.yaml key.
+_TRAINING = {"out_root": _string(False), **_STUDENT, "train_domain": _choice(*DOMAINS), "seed": _int(0),
+             "math_source": "train.math_source", "code_source": "train.code_source"}
 
 NOTEBOOKS = {
     "01_tasks": {"out_root": _string(False), **{k: f"tasks.{k}" for k in SCHEMA["tasks"]}},
     "02_base_student": {"out_root": _string(False), **_CHECKPOINT,
                         **{k: f"base_student.{k}" for k in SCHEMA["base_student"]}, **_GENERATORS,
                         "code_max_steps_tasks": "tasks.code_max_steps"},
-    "03_baseline_dialogues": {"out_root": _string(False), **_CHUNK, "model": _string(False), "adapter": _string(),
+    "03_baseline_dialogues": {"out_root": _string(False), **_CHUNK, **_STUDENT, "adapter": _string(), **_REMOTE,
                               **_EVALUATION},
     "04_offline_sml": {**_TRAINING, **_CHUNK, **_CHECKPOINT, **{k: f"offline_sml.{k}" for k in SCHEMA["offline_sml"]},
                        "max_turns": "dialogue.train_turns", **_DIALOGUE, **_TEACHER, **_LORA, **_SFT},
-    "05_online_sml": {**_TRAINING, **_CHECKPOINT, **{k: f"online_sml.{k}" for k in SCHEMA["online_sml"]},
+    "05_online_sml": {**_TRAINING, **_VLLM, **_CHECKPOINT, **{k: f"online_sml.{k}" for k in SCHEMA["online_sml"]},
                       "max_turns": "dialogue.train_turns", **_DIALOGUE, **_TEACHER, **_LORA},
     # one notebook, two stages: st_sft (baseline sft) draws offline SML's tasks, st_rl (rl) online SML's
     "06_single_turn_baselines": {
-        **_TRAINING, **_CHECKPOINT, "baseline": _choice("sft", "rl"),
+        **_TRAINING, **_VLLM, **_CHECKPOINT, "baseline": _choice("sft", "rl"),
         "n_tasks": {"sft": "offline_sml.n_tasks", "rl": "online_sml.n_tasks"}, **_LORA,
         "n_examples": _int(0), **_SFT, "steps": "online_sml.steps", "tasks_per_step": "online_sml.tasks_per_step",
         "group_size": "st_rl.group_size", "rl_lr": "online_sml.lr", "beta": "online_sml.beta", **_DIALOGUE, **_TEACHER},
-    "07_q_priming": {**_TRAINING, **_CHUNK, **_CHECKPOINT, **{k: f"q_priming.{k}" for k in SCHEMA["q_priming"]},
+    "07_q_priming": {**_TRAINING, **_VLLM, **_CHUNK, **_CHECKPOINT, **{k: f"q_priming.{k}" for k in SCHEMA["q_priming"]},
                      "max_turns": "dialogue.train_turns", **_DIALOGUE, **_TEACHER, **_LORA, **_SFT,
                      **{k: f"online_sml.{k}" for k in ("steps", "tasks_per_step", "group_size", "credit", "beta")},
                      "rl_lr": "online_sml.lr"},
-    "08_evaluate": {"out_root": _string(False), **_CHUNK, "condition": _choice(*CONDITIONS), "model": _string(False),
+    "08_evaluate": {"out_root": _string(False), **_CHUNK, "condition": _choice(*CONDITIONS), **_STUDENT, **_REMOTE,
                     "train_domains": "evaluation.train_domains", **_EVALUATION},
-    "08_loss_diagnostic": {"out_root": _string(False), "model": _string(False), "conditions": _list("base", *CONDITIONS),
+    "08_loss_diagnostic": {"out_root": _string(False), **_STUDENT, "conditions": _list("base", *CONDITIONS),
                            **{k: f"evaluation.{k}" for k in ("train_domains", "seeds", "math_source", "code_source")},
                            **{k: f"diagnostic.{k}" for k in SCHEMA["diagnostic"]}},
     "09_report": {"out_root": _string(False), "train_turns": "dialogue.train_turns", "gallery_seed": _int(0),
@@ -345,6 +370,8 @@ def check_notebook(notebook: str, values: dict) -> dict:
                if name not in table and not name.startswith("_") and name not in ("In", "Out")
                and isinstance(value, _PLAIN)]
     errors += [f"{label[key]}: {problem}" for key, problem in _cross(flat)]
+    if flat.get("generation.grpo") == "vllm" and (problem := missing("vllm", "vllm", "generation.grpo 'vllm'")):
+        errors.append(f"{label['generation.grpo']}: {problem}")
     _fail(errors)
     return {name: values[name] for name in table}
 

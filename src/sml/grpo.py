@@ -8,6 +8,10 @@ at student turn ``t``.
 
 trl 1.16 passes ``rollout_func`` the prompts already repeated once per generation and expects one
 completion per prompt received (design.md section 8).
+
+At scale (``generation="vllm"``, the optional extra ``vllm``), the student's turns are sampled by TRL's vLLM
+integration (``trainer.vllm_generation``: colocated on the training GPUs, or a ``trl vllm-serve`` server),
+which TRL keeps in sync with the adapter being trained; the dialogue engine, teacher and masks are the same.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import datasets
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from . import resume
+from . import optional, resume
 from .engine import Dialogue, run_dialogues
 from .sft import inference_copy
 from .student import Student
 
 CREDIT = ("conversation", "turn")
+GENERATION = ("engine", "vllm")
+VLLM_MODES = ("colocate", "server")
 
 
 def conversation_sample(d: Dialogue, eos_id: int) -> dict:
@@ -126,7 +132,10 @@ def make_rollout_func(tasks: list[dict], teacher, *, prompt_key: str = "prompt",
             raise KeyError(f"rollout_func: {len(unknown)} prompt(s) match no task, e.g. {_text(unknown[0])[:80]!r}")
         model = trainer.accelerator.unwrap_model(trainer.model)
         was_training = model.training
-        student = Student(inference_copy(model) if merge else model, trainer.processing_class)
+        if getattr(trainer, "use_vllm", False):
+            student = VLLMStudent(trainer.vllm_generation, trainer.processing_class)
+        else:
+            student = Student(inference_copy(model) if merge else model, trainer.processing_class)
         dialogues = run_dialogues([by_prompt[_text(p)] for p in prompts], student, teacher, max_turns=max_turns,
                                   gamma=gamma, progress=False,
                                   seed=1_000_003 * trainer.args.seed + trainer.state.global_step, **engine_kwargs)
@@ -136,13 +145,30 @@ def make_rollout_func(tasks: list[dict], teacher, *, prompt_key: str = "prompt",
     return rollout
 
 
+class VLLMStudent(Student):
+    """The student's turns sampled by TRL's ``VLLMGeneration`` (weights synced by the trainer before each
+    rollout). Its sampling settings come from the ``GRPOConfig`` (``grpo_config`` sets them from the
+    dialogue parameters), so the engine's per-call ones are not passed on."""
+
+    def __init__(self, generation, tokenizer):
+        self.model, self.device, self.generation = None, "vllm", generation
+        self.use_tokenizer(tokenizer)
+        self.max_length = getattr(generation, "max_model_length", None) or 32768
+
+    def generate(self, prompts, max_new_tokens=96, temperature=1.0, top_p=1.0, batch_size=64, pasts=None):
+        _, completions, _, _ = self.generation.generate(prompts=[list(p) for p in prompts], images=None,
+                                                        num_generations=1)
+        ended = [bool(ids) and ids[-1] == self.eos_id for ids in completions]
+        return [(list(ids[:-1]) if end else list(ids), end) for ids, end in zip(completions, ended)]
+
+
 def _text(prompt) -> str:
     """A dataset prompt as text: a string, or the content of a one-message chat."""
     return prompt if isinstance(prompt, str) else prompt[-1]["content"]
 
 
 def check_settings(*, steps: int, tasks_per_step: int, group_size: int, lr: float, credit: str = "conversation",
-                   section: str = "online_sml") -> None:
+                   generation: str = "engine", vllm_mode: str = "colocate", section: str = "online_sml") -> None:
     """Reject bad GRPO settings by name (``section.key``) before any model is loaded."""
     for name, value in (("steps", steps), ("tasks_per_step", tasks_per_step), ("group_size", group_size)):
         if not isinstance(value, int) or value < 1:
@@ -153,39 +179,65 @@ def check_settings(*, steps: int, tasks_per_step: int, group_size: int, lr: floa
         raise ValueError(f"{section}.lr: must be a positive number, got {lr!r}")
     if credit not in CREDIT:
         raise ValueError(f"{section}.credit: must be one of {CREDIT}, got {credit!r}")
+    if generation not in GENERATION:
+        raise ValueError(f"generation.grpo: must be one of {GENERATION}, got {generation!r}")
+    if generation == "vllm":
+        if vllm_mode not in VLLM_MODES:
+            raise ValueError(f"generation.vllm_mode: must be one of {VLLM_MODES}, got {vllm_mode!r}")
+        optional.require("vllm", "vllm", "generation.grpo 'vllm'")
 
 
 def grpo_config(out_dir: str, *, steps: int, tasks_per_step: int, group_size: int, lr: float, seed: int,
-                beta: float = 0.0, checkpoint_steps: int = 0) -> GRPOConfig:
+                beta: float = 0.0, checkpoint_steps: int = 0, bf16: bool = False, vllm: dict | None = None) -> GRPOConfig:
     """CPU-friendly GRPO settings: one optimiser step per batch of ``tasks_per_step`` tasks x ``group_size``
     conversations at a constant learning rate (no warm-up: with a dozen steps, a warm-up step would run at
     lr 0), logged every step; TRL's defaults otherwise (DAPO token-level loss, group-scaled advantages,
-    clip 0.2)."""
+    clip 0.2). ``vllm`` (``vllm_settings``) switches rollouts to TRL's vLLM integration."""
     check_settings(steps=steps, tasks_per_step=tasks_per_step, group_size=group_size, lr=lr)
     return GRPOConfig(output_dir=out_dir, max_steps=steps, per_device_train_batch_size=tasks_per_step * group_size,
                       num_generations=group_size, learning_rate=lr, beta=beta, lr_scheduler_type="constant",
-                      logging_steps=1, report_to="none", seed=seed, data_seed=seed, bf16=False,
-                      gradient_checkpointing=False, disable_tqdm=False, **resume.checkpointing(checkpoint_steps))
+                      logging_steps=1, report_to="none", seed=seed, data_seed=seed, bf16=bf16,
+                      gradient_checkpointing=False, disable_tqdm=False, **resume.checkpointing(checkpoint_steps),
+                      **(vllm or {}))
+
+
+def vllm_settings(mode: str, server_url: str, gpu_memory: float, *, max_new_tokens: int = 96,
+                  temperature: float = 1.0, top_p: float = 1.0) -> dict:
+    """``GRPOConfig`` fields for vLLM rollouts. Importance-sampling correction is off: a completion holds the
+    teacher's tokens too, which vLLM did not sample, so there are no sampling log-probs to correct with."""
+    return {"use_vllm": True, "vllm_mode": mode, "vllm_server_base_url": server_url or None,
+            "vllm_gpu_memory_utilization": gpu_memory, "vllm_importance_sampling_correction": False,
+            "max_completion_length": max_new_tokens, "temperature": temperature, "top_p": top_p}
 
 
 def train(model, tokenizer, tasks, teacher, out_dir: str, *, steps: int, tasks_per_step: int, group_size: int,
           lr: float, seed: int, max_turns: int, gamma: float, credit: str = "conversation", beta: float = 0.0,
-          callbacks=(), checkpoint_steps: int = 0, **engine_kwargs) -> list[dict]:
+          callbacks=(), checkpoint_steps: int = 0, bf16: bool = False, generation: str = "engine",
+          vllm_mode: str = "colocate", vllm_server_url: str = "", vllm_gpu_memory: float = 0.3,
+          **engine_kwargs) -> list[dict]:
     """Online SML: GRPO on the LoRA adapter of ``model`` (a PEFT model) with the dialogue engine as the
     rollout, ``group_size`` conversations of up to ``max_turns`` student turns per task. ``max_turns=1``
     is single-turn GRPO (``st_rl``). Returns the trainer's log. With ``checkpoint_steps``, checkpoints go
     to ``out_dir`` and a rerun resumes from the newest (rollouts are seeded by step, so it continues
-    exactly as an uninterrupted run would)."""
-    check_settings(steps=steps, tasks_per_step=tasks_per_step, group_size=group_size, lr=lr, credit=credit)
+    exactly as an uninterrupted run would). ``generation="vllm"`` samples the student's turns with vLLM
+    (``vllm_mode`` colocate or server; see the module docstring)."""
+    check_settings(steps=steps, tasks_per_step=tasks_per_step, group_size=group_size, lr=lr, credit=credit,
+                   generation=generation, vllm_mode=vllm_mode)
     tasks = list(tasks)
     if not tasks:
         raise ValueError("grpo.train: no training tasks")
+    sampling = {k: engine_kwargs[k] for k in ("max_new_tokens", "temperature", "top_p") if k in engine_kwargs}
+    vllm = vllm_settings(vllm_mode, vllm_server_url, vllm_gpu_memory, **sampling) if generation == "vllm" else None
     config = grpo_config(out_dir, steps=steps, tasks_per_step=tasks_per_step, group_size=group_size, lr=lr,
-                         seed=seed, beta=beta, checkpoint_steps=checkpoint_steps)
+                         seed=seed, beta=beta, checkpoint_steps=checkpoint_steps, bf16=bf16, vllm=vllm)
     rollout = make_rollout_func(tasks, teacher, max_turns=max_turns, gamma=gamma, **engine_kwargs)
     trainer_class = TurnCreditGRPOTrainer if credit == "turn" else GRPOTrainer
     trainer = trainer_class(model=model, reward_funcs=conversation_reward, args=config, processing_class=tokenizer,
                             train_dataset=datasets.Dataset.from_dict({"prompt": [t["prompt"] for t in tasks]}),
                             rollout_func=rollout, callbacks=resume.with_replay(callbacks))
+    if generation == "vllm" and vllm_mode == "server" and trainer.accelerator.num_processes > 1:
+        # the server gathers every process's prompts once per call; dialogues end at different turns, so
+        # processes would make different numbers of calls and wait on each other forever
+        raise NotImplementedError("generation.vllm_mode 'server' runs with one training process; use 'colocate'")
     resume.train(trainer, out_dir if checkpoint_steps else None)
     return trainer.state.log_history

@@ -10,15 +10,12 @@ simulated teachers cost money and drift: a rerun with the same inputs makes no m
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from . import openai_api
 from .tasks.schema import prompt_for
 from .teacher import ScriptedTeacher, Teacher, TeacherView, private_knowledge
 
@@ -146,10 +143,8 @@ class HFTeacher(LLMTeacher):
 
 
 class OpenAITeacher(LLMTeacher):
-    """Any OpenAI-compatible endpoint: POST ``{base_url}/chat/completions`` (stdlib HTTP, no SDK),
-    with a timeout, and a few requests in flight at once. Timeouts, lost connections, 429s, 5xx and
-    malformed replies are retried with exponential backoff (0.5 s, 1 s, 2 s, ...), then fail with an
-    error naming the endpoint and the last problem; other 4xx fail at once. Replies already received
+    """Any OpenAI-compatible endpoint: POST ``{base_url}/chat/completions`` (stdlib HTTP, no SDK), a few
+    requests in flight at once, with ``openai_api.post``'s timeout and retries. Replies already received
     stay in the cache, so a rerun does not ask for them again."""
 
     backend = "openai"
@@ -166,31 +161,11 @@ class OpenAITeacher(LLMTeacher):
             return list(pool.map(self._complete, prompts))
 
     def _complete(self, messages: list[dict]) -> str:
-        body = json.dumps({"model": self.model_name, "messages": messages, "max_tokens": self.params["max_new_tokens"],
-                           "temperature": self.params["temperature"]}).encode()
-        headers = {"Content-Type": "application/json"}
-        if key := os.environ.get(self.api_key_env):  # local servers need no key
-            headers["Authorization"] = f"Bearer {key}"
-        url = f"{self.base_url}/chat/completions"
-        for attempt in range(self.max_retries + 1):
-            try:
-                request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    raw = response.read()
-                try:
-                    return _content(raw)
-                except ValueError as e:  # not a chat completion: a proxy's error page, a half-written body
-                    error = f"malformed reply ({e}): {raw[:200].decode(errors='replace')!r}"
-            except urllib.error.HTTPError as e:
-                error = f"HTTP {e.code}: {e.read()[:300].decode(errors='replace')}"
-                if e.code != 429 and e.code < 500:  # a bad request will not get better by retrying
-                    raise RuntimeError(f"teacher endpoint {self.base_url} rejected the request: {error}") from e
-            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
-                error = repr(e)
-            if attempt < self.max_retries:
-                time.sleep(0.5 * 2 ** attempt)
-        raise RuntimeError(f"teacher endpoint {self.base_url} failed after {self.max_retries + 1} attempts "
-                           f"(timeout {self.timeout_s}s each): {error}")
+        body = {"model": self.model_name, "messages": messages, "max_tokens": self.params["max_new_tokens"],
+                "temperature": self.params["temperature"]}
+        return openai_api.post(f"{self.base_url}/chat/completions", body, _content,
+                               what=f"teacher endpoint {self.base_url}", api_key_env=self.api_key_env,
+                               timeout_s=self.timeout_s, max_retries=self.max_retries)
 
 
 def _content(raw: bytes) -> str:

@@ -74,14 +74,20 @@ class Student:
     """
 
     def __init__(self, model, tokenizer, device: str | None = None):
-        self.model, self.tokenizer = model, tokenizer
+        self.model = model
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
+        self.use_tokenizer(tokenizer)
+        config = getattr(model, "config", None)
+        self.max_length = getattr(config, "max_position_embeddings", None) or 4096
+
+    def use_tokenizer(self, tokenizer) -> None:
+        """Everything the conversation bookkeeping needs from the tokenizer (also for students whose
+        sampling happens elsewhere: ``RemoteStudent``, ``grpo.VLLMStudent``)."""
+        self.tokenizer = tokenizer
         self.pieces = ChatPieces.probe(tokenizer)
         self.eos_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
-        config = getattr(model, "config", None)
-        self.max_length = getattr(config, "max_position_embeddings", None) or 4096
 
     @classmethod
     def load(cls, model: str, adapter: str | None = None, dtype: str = "auto", device: str | None = None,
