@@ -116,9 +116,10 @@ def length_reward(completions, **kwargs):
     return [-float(len(c)) for c in completions]
 
 
-def trainer_for(tok, tasks, trainer_class=None, steps=1, lr=0.05, **rollout_kwargs):
+def trainer_for(tok, tasks, trainer_class=None, steps=1, lr=0.05, micro_batch=0, **rollout_kwargs):
     model = sft.add_adapter(tiny_model(tok), r=4, alpha=8, seed=0)
-    config = grpo.grpo_config("/tmp/sml-test-grpo", steps=steps, tasks_per_step=2, group_size=4, lr=lr, seed=0)
+    config = grpo.grpo_config("/tmp/sml-test-grpo", steps=steps, tasks_per_step=2, group_size=4, lr=lr, seed=0,
+                              micro_batch=micro_batch)
     return (trainer_class or GRPOTrainer)(
         model=model, reward_funcs=length_reward, args=config, processing_class=tok,
         train_dataset=datasets.Dataset.from_dict({"prompt": [t["prompt"] for t in tasks]}),
@@ -193,11 +194,30 @@ def test_turn_credit_trainer_trains_on_per_token_advantages(tok, monkeypatch):
     assert torch.equal(adv, expected) and adv.abs().sum() > 0
 
 
+def test_micro_batches_accumulate_to_the_same_step(tok):
+    """At scale a step's conversations go through forward/backward a few at a time; the step, its rollout
+    (one call with every conversation) and its update stay those of the whole batch at once."""
+    tasks = toy_math.generate(4, 2)
+    updates, calls = [], []
+    for micro_batch in (0, 2):
+        trainer = trainer_for(tok, tasks, micro_batch=micro_batch, max_turns=2, temperature=2.0)
+        rollout = trainer.rollout_func
+        trainer.rollout_func = lambda prompts, t: calls.append((micro_batch, len(prompts))) or rollout(prompts, t)
+        trainer.train()
+        updates.append({n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n})
+        assert trainer.args.gradient_accumulation_steps == (4 if micro_batch else 1)
+    assert calls == [(0, 8), (2, 8)]
+    assert any(p.abs().sum() > 0 for p in updates[0].values())
+    assert all(torch.allclose(updates[0][n], updates[1][n], atol=1e-5) for n in updates[0])
+
+
 def test_grpo_settings_are_checked_by_name(tok):
     with pytest.raises(ValueError, match="online_sml.group_size"):
         grpo.grpo_config("/tmp/x", steps=1, tasks_per_step=1, group_size=1, lr=1e-3, seed=0)
     with pytest.raises(ValueError, match="online_sml.steps"):
         grpo.grpo_config("/tmp/x", steps=0, tasks_per_step=1, group_size=4, lr=1e-3, seed=0)
+    with pytest.raises(ValueError, match="online_sml.micro_batch: must be 0 or divide the 8 conversations"):
+        grpo.grpo_config("/tmp/x", steps=1, tasks_per_step=2, group_size=4, lr=1e-3, seed=0, micro_batch=3)
     with pytest.raises(ValueError, match="online_sml.credit"):
         grpo.train(None, tok, toy_math.generate(2, 0), ScriptedTeacher(), "/tmp/x", steps=1, tasks_per_step=1,
                    group_size=2, lr=1e-3, seed=0, max_turns=2, gamma=0.7, credit="token")

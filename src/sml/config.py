@@ -10,8 +10,8 @@ line starting with the key it is about::
     settings = check_notebook("05_online_sml", globals())  # right after a notebook's imports
 
 Only the standard library is imported (with ``sml.optional``, itself stdlib-only; ruamel.yaml, as DVC
-reads params.yaml, only to read a file), so the checks cost nothing next to the work they guard. The choices mirror constants of the modules that
-use them (``tests/test_config.py`` keeps them equal).
+reads params.yaml, only to read a file), so the checks cost nothing next to the work they guard. The
+choices mirror constants of the modules that use them (``tests/test_config.py`` keeps them equal).
 """
 
 from __future__ import annotations
@@ -161,7 +161,8 @@ SCHEMA = {
     "offline_sml": {"n_tasks": _int(1), "samples_per_task": _int(1), "rounds": _int(1)},
     "online_sml": {
         "init": _choice("base", "sml_offline"), "n_tasks": _int(1), "steps": _int(1), "tasks_per_step": _int(1),
-        "group_size": _int(2), "lr": _number(0), "credit": _choice(*CREDIT), "beta": _number(0, open_lo=False)},
+        "group_size": _int(2), "lr": _number(0), "credit": _choice(*CREDIT), "beta": _number(0, open_lo=False),
+        "micro_batch": _int(0)},
     "st_rl": {"group_size": _int(2)},
     "q_priming": {"n_tasks": _int(1), "samples_per_task": _int(1), "decay": _number(0, 1, open_lo=False),
                   "question_source": _choice(*QUESTION_SOURCES)},
@@ -298,7 +299,8 @@ _EVALUATION = {**{k: f"evaluation.{k}" for k in ("seeds", "n_tasks", "variants",
 _CHUNK = {"chunk_tasks": "resume.chunk_tasks"}
 _CHECKPOINT = {"checkpoint_steps": "resume.checkpoint_steps"}
 _STUDENT = {"model": "student.model", "dtype": "student.dtype"}
-_VLLM = {"generation": "generation.grpo", **{k: f"generation.{k}" for k in ("vllm_mode", "vllm_server_url", "vllm_gpu_memory")}}
+_VLLM = {"generation": "generation.grpo",
+         **{k: f"generation.{k}" for k in ("vllm_mode", "vllm_server_url", "vllm_gpu_memory")}}
 _REMOTE = {"eval_backend": "generation.eval", "eval_base_url": "generation.eval_base_url",
            "eval_api_key_env": "generation.eval_api_key_env"}
 # out_root and the matrix cell (train.domains x train.seeds) are set by dvc.yaml itself, not by a params.yaml key.
@@ -321,10 +323,13 @@ NOTEBOOKS = {
         **_TRAINING, **_VLLM, **_CHECKPOINT, "baseline": _choice("sft", "rl"),
         "n_tasks": {"sft": "offline_sml.n_tasks", "rl": "online_sml.n_tasks"}, **_LORA,
         "n_examples": _int(0), **_SFT, "steps": "online_sml.steps", "tasks_per_step": "online_sml.tasks_per_step",
-        "group_size": "st_rl.group_size", "rl_lr": "online_sml.lr", "beta": "online_sml.beta", **_DIALOGUE, **_TEACHER},
-    "07_q_priming": {**_TRAINING, **_VLLM, **_CHUNK, **_CHECKPOINT, **{k: f"q_priming.{k}" for k in SCHEMA["q_priming"]},
+        "group_size": "st_rl.group_size", "rl_lr": "online_sml.lr", "beta": "online_sml.beta",
+        "micro_batch": "online_sml.micro_batch", **_DIALOGUE, **_TEACHER},
+    "07_q_priming": {**_TRAINING, **_VLLM, **_CHUNK, **_CHECKPOINT,
+                     **{k: f"q_priming.{k}" for k in SCHEMA["q_priming"]},
                      "max_turns": "dialogue.train_turns", **_DIALOGUE, **_TEACHER, **_LORA, **_SFT,
-                     **{k: f"online_sml.{k}" for k in ("steps", "tasks_per_step", "group_size", "credit", "beta")},
+                     **{k: f"online_sml.{k}"
+                        for k in ("steps", "tasks_per_step", "group_size", "credit", "beta", "micro_batch")},
                      "rl_lr": "online_sml.lr"},
     "08_evaluate": {"out_root": _string(False), **_CHUNK, "condition": _choice(*CONDITIONS), **_STUDENT, **_REMOTE,
                     "train_domains": "evaluation.train_domains", **_EVALUATION},

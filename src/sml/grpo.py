@@ -168,7 +168,8 @@ def _text(prompt) -> str:
 
 
 def check_settings(*, steps: int, tasks_per_step: int, group_size: int, lr: float, credit: str = "conversation",
-                   generation: str = "engine", vllm_mode: str = "colocate", section: str = "online_sml") -> None:
+                   micro_batch: int = 0, generation: str = "engine", vllm_mode: str = "colocate",
+                   section: str = "online_sml") -> None:
     """Reject bad GRPO settings by name (``section.key``) before any model is loaded."""
     for name, value in (("steps", steps), ("tasks_per_step", tasks_per_step), ("group_size", group_size)):
         if not isinstance(value, int) or value < 1:
@@ -179,6 +180,10 @@ def check_settings(*, steps: int, tasks_per_step: int, group_size: int, lr: floa
         raise ValueError(f"{section}.lr: must be a positive number, got {lr!r}")
     if credit not in CREDIT:
         raise ValueError(f"{section}.credit: must be one of {CREDIT}, got {credit!r}")
+    per_step = tasks_per_step * group_size
+    if not isinstance(micro_batch, int) or micro_batch < 0 or (micro_batch and per_step % micro_batch):
+        raise ValueError(f"online_sml.micro_batch: must be 0 or divide the {per_step} conversations of a step, "
+                         f"got {micro_batch!r}")
     if generation not in GENERATION:
         raise ValueError(f"generation.grpo: must be one of {GENERATION}, got {generation!r}")
     if generation == "vllm":
@@ -188,13 +193,18 @@ def check_settings(*, steps: int, tasks_per_step: int, group_size: int, lr: floa
 
 
 def grpo_config(out_dir: str, *, steps: int, tasks_per_step: int, group_size: int, lr: float, seed: int,
-                beta: float = 0.0, checkpoint_steps: int = 0, bf16: bool = False, vllm: dict | None = None) -> GRPOConfig:
+                beta: float = 0.0, checkpoint_steps: int = 0, micro_batch: int = 0, bf16: bool = False,
+                vllm: dict | None = None) -> GRPOConfig:
     """CPU-friendly GRPO settings: one optimiser step per batch of ``tasks_per_step`` tasks x ``group_size``
     conversations at a constant learning rate (no warm-up: with a dozen steps, a warm-up step would run at
     lr 0), logged every step; TRL's defaults otherwise (DAPO token-level loss, group-scaled advantages,
-    clip 0.2). ``vllm`` (``vllm_settings``) switches rollouts to TRL's vLLM integration."""
-    check_settings(steps=steps, tasks_per_step=tasks_per_step, group_size=group_size, lr=lr)
-    return GRPOConfig(output_dir=out_dir, max_steps=steps, per_device_train_batch_size=tasks_per_step * group_size,
+    clip 0.2). ``micro_batch`` conversations go through each forward/backward pass (0: the whole step at
+    once), with gradient accumulation up to the step; the step's conversations are still rolled out in one
+    call. ``vllm`` (``vllm_settings``) switches rollouts to TRL's vLLM integration."""
+    check_settings(steps=steps, tasks_per_step=tasks_per_step, group_size=group_size, lr=lr, micro_batch=micro_batch)
+    batch = micro_batch or tasks_per_step * group_size
+    return GRPOConfig(output_dir=out_dir, max_steps=steps, per_device_train_batch_size=batch,
+                      gradient_accumulation_steps=tasks_per_step * group_size // batch,
                       num_generations=group_size, learning_rate=lr, beta=beta, lr_scheduler_type="constant",
                       logging_steps=1, report_to="none", seed=seed, data_seed=seed, bf16=bf16,
                       gradient_checkpointing=False, disable_tqdm=False, **resume.checkpointing(checkpoint_steps),
@@ -212,7 +222,7 @@ def vllm_settings(mode: str, server_url: str, gpu_memory: float, *, max_new_toke
 
 def train(model, tokenizer, tasks, teacher, out_dir: str, *, steps: int, tasks_per_step: int, group_size: int,
           lr: float, seed: int, max_turns: int, gamma: float, credit: str = "conversation", beta: float = 0.0,
-          callbacks=(), checkpoint_steps: int = 0, bf16: bool = False, generation: str = "engine",
+          callbacks=(), checkpoint_steps: int = 0, micro_batch: int = 0, bf16: bool = False, generation: str = "engine",
           vllm_mode: str = "colocate", vllm_server_url: str = "", vllm_gpu_memory: float = 0.3,
           **engine_kwargs) -> list[dict]:
     """Online SML: GRPO on the LoRA adapter of ``model`` (a PEFT model) with the dialogue engine as the
@@ -222,14 +232,15 @@ def train(model, tokenizer, tasks, teacher, out_dir: str, *, steps: int, tasks_p
     exactly as an uninterrupted run would). ``generation="vllm"`` samples the student's turns with vLLM
     (``vllm_mode`` colocate or server; see the module docstring)."""
     check_settings(steps=steps, tasks_per_step=tasks_per_step, group_size=group_size, lr=lr, credit=credit,
-                   generation=generation, vllm_mode=vllm_mode)
+                   micro_batch=micro_batch, generation=generation, vllm_mode=vllm_mode)
     tasks = list(tasks)
     if not tasks:
         raise ValueError("grpo.train: no training tasks")
     sampling = {k: engine_kwargs[k] for k in ("max_new_tokens", "temperature", "top_p") if k in engine_kwargs}
     vllm = vllm_settings(vllm_mode, vllm_server_url, vllm_gpu_memory, **sampling) if generation == "vllm" else None
     config = grpo_config(out_dir, steps=steps, tasks_per_step=tasks_per_step, group_size=group_size, lr=lr,
-                         seed=seed, beta=beta, checkpoint_steps=checkpoint_steps, bf16=bf16, vllm=vllm)
+                         seed=seed, beta=beta, checkpoint_steps=checkpoint_steps, micro_batch=micro_batch, bf16=bf16,
+                         vllm=vllm)
     rollout = make_rollout_func(tasks, teacher, max_turns=max_turns, gamma=gamma, **engine_kwargs)
     trainer_class = TurnCreditGRPOTrainer if credit == "turn" else GRPOTrainer
     trainer = trainer_class(model=model, reward_funcs=conversation_reward, args=config, processing_class=tokenizer,

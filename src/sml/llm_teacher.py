@@ -144,7 +144,7 @@ class HFTeacher(LLMTeacher):
 
 class OpenAITeacher(LLMTeacher):
     """Any OpenAI-compatible endpoint: POST ``{base_url}/chat/completions`` (stdlib HTTP, no SDK), a few
-    requests in flight at once, with ``openai_api.post``'s timeout and retries. Replies already received
+    requests in flight at once, with ``openai_api.call``'s timeout and retries. Replies already received
     stay in the cache, so a rerun does not ask for them again."""
 
     backend = "openai"
@@ -163,7 +163,7 @@ class OpenAITeacher(LLMTeacher):
     def _complete(self, messages: list[dict]) -> str:
         body = {"model": self.model_name, "messages": messages, "max_tokens": self.params["max_new_tokens"],
                 "temperature": self.params["temperature"]}
-        return openai_api.post(f"{self.base_url}/chat/completions", body, _content,
+        return openai_api.call(f"{self.base_url}/chat/completions", body, _content,
                                what=f"teacher endpoint {self.base_url}", api_key_env=self.api_key_env,
                                timeout_s=self.timeout_s, max_retries=self.max_retries)
 

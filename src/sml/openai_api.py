@@ -1,4 +1,4 @@
-"""One POST to an OpenAI-compatible endpoint (vLLM, SGLang, TGI, ...), with the stdlib only: shared by the
+"""One request to an OpenAI-compatible endpoint (vLLM, SGLang, TGI, ...), with the stdlib only: shared by the
 LLM teacher (``/chat/completions``) and the remote student (``/completions``, ``/load_lora_adapter``).
 
 Timeouts, lost connections, 429s, 5xx and replies that ``parse`` rejects (``ValueError``) are retried with
@@ -16,18 +16,18 @@ import urllib.error
 import urllib.request
 
 
-def post(url: str, body: dict, parse, *, what: str, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 60,
+def call(url: str, body: dict | None, parse, *, what: str, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 60,
          max_retries: int = 3):
-    """``parse(raw_bytes)`` of the reply to ``body`` posted as JSON to ``url``; ``what`` names the endpoint
-    in errors (e.g. "teacher endpoint http://host/v1")."""
-    data = json.dumps(body).encode()
+    """``parse(raw_bytes)`` of the reply to ``body`` posted as JSON to ``url`` (``None``: a GET); ``what``
+    names the endpoint in errors (e.g. "teacher endpoint http://host/v1")."""
+    data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json"}
     if key := os.environ.get(api_key_env):  # local servers need no key
         headers["Authorization"] = f"Bearer {key}"
     error = "no attempt"
     for attempt in range(max_retries + 1):
         try:
-            request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+            request = urllib.request.Request(url, data=data, headers=headers, method="GET" if data is None else "POST")
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 raw = response.read()
             try:

@@ -10,7 +10,8 @@ import importlib.util
 def missing(module: str, extra: str, what: str) -> str | None:
     """Why ``what`` cannot run here (``module`` is not installed), or None when it can."""
     if importlib.util.find_spec(module) is None:
-        return f"{what} needs the optional extra {extra!r}: pip install -e '.[{extra}]' (module {module!r} is not installed)"
+        return (f"{what} needs the optional extra {extra!r}: pip install -e '.[{extra}]' "
+                f"(module {module!r} is not installed)")
     return None
 
 

@@ -47,12 +47,11 @@ class RemoteStudent(Student):
 
     def served_models(self) -> list[str]:
         """The model names the server lists at ``GET /models`` (base models and loaded adapters)."""
-        import urllib.request
-        with urllib.request.urlopen(f"{self.base_url}/models", timeout=self.http["timeout_s"]) as response:
-            return [m["id"] for m in json.loads(response.read())["data"]]
+        return openai_api.call(f"{self.base_url}/models", None, _model_ids, what=f"student endpoint {self.base_url}",
+                               **self.http)
 
     def load_adapter(self, name: str, path: str) -> None:
-        openai_api.post(f"{self.base_url}/load_lora_adapter", {"lora_name": name, "lora_path": str(path)},
+        openai_api.call(f"{self.base_url}/load_lora_adapter", {"lora_name": name, "lora_path": str(path)},
                         lambda raw: raw, what=f"student endpoint {self.base_url}", **self.http)
 
     @torch.no_grad()
@@ -65,7 +64,7 @@ class RemoteStudent(Student):
                              "max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
                              "seed": seeds[rows[0]], "return_token_ids": True, "skip_special_tokens": False}
         with ThreadPoolExecutor(max(1, min(self.workers, len(batches)))) as pool:
-            replies = pool.map(lambda rows: openai_api.post(f"{self.base_url}/completions", body(rows),
+            replies = pool.map(lambda rows: openai_api.call(f"{self.base_url}/completions", body(rows),
                                                             lambda raw: self._completions(raw, len(rows)),
                                                             what=f"student endpoint {self.base_url}", **self.http),
                                batches)
@@ -86,6 +85,13 @@ class RemoteStudent(Student):
         if len(out) != n:
             raise ValueError(f"{len(out)} choices for {n} prompts")
         return out
+
+
+def _model_ids(raw: bytes) -> list[str]:
+    try:
+        return [m["id"] for m in json.loads(raw)["data"]]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"not a model list ({type(e).__name__}: {e})") from e
 
 
 def adapter_name(path) -> str:
