@@ -84,16 +84,18 @@ def apply(name: str, params_path="params.yaml", folder=PROFILES) -> tuple[str, d
     new_text = rewrite(old_text, values)
     old, new = (YAML(typ="safe").load(t) for t in (old_text, new_text))
     for key, value in values.items():  # what was written reads back as the profile's value
-        section, k = key.split(".")
-        if new[section][k] != value:
-            raise ValueError(f"profile {name!r}: {key} would read back as {new[section][k]!r}, not {value!r}")
+        if _get(new, key) != value:
+            raise ValueError(f"profile {name!r}: {key} would read back as {_get(new, key)!r}, not {value!r}")
     try:
         check_params(new)
     except ValueError as e:
         raise ValueError(f"profile {name!r} applied to {params_path}:\n{e}") from None
-    changes = {k: (old[k.split(".")[0]][k.split(".")[1]], v) for k, v in values.items()
-               if old[k.split(".")[0]][k.split(".")[1]] != v}
-    return new_text, changes
+    return new_text, {k: (_get(old, k), v) for k, v in values.items() if _get(old, k) != v}
+
+
+def _get(params: dict, key: str):
+    section, name = key.split(".")
+    return params[section][name]
 
 
 def main(argv=None) -> int:

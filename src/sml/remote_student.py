@@ -58,11 +58,14 @@ class RemoteStudent(Student):
     def generate(self, prompts, max_new_tokens=96, temperature=1.0, top_p=1.0, batch_size=64, pasts=None):
         """One completion per prompt (token ids), ``batch_size`` prompts per request, a few requests in
         flight; ``pasts`` is ignored (the server keeps its own prefix cache)."""
-        seeds = torch.randint(0, 2**31 - 1, (len(prompts),)).tolist()
         batches = [range(i, min(i + batch_size, len(prompts))) for i in range(0, len(prompts), batch_size)]
+        # one seed per request: the server applies it to every prompt of the request (the engine sends each
+        # dialogue once per turn, so no two prompts of a request are the same conversation)
+        seeds = torch.randint(0, 2**31 - 1, (len(batches),)).tolist()
         body = lambda rows: {"model": self.served_model, "prompt": [prompts[i] for i in rows],
                              "max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-                             "seed": seeds[rows[0]], "return_token_ids": True, "skip_special_tokens": False}
+                             "seed": seeds[rows[0] // batch_size], "return_token_ids": True,
+                             "skip_special_tokens": False}
         with ThreadPoolExecutor(max(1, min(self.workers, len(batches)))) as pool:
             replies = pool.map(lambda rows: openai_api.call(f"{self.base_url}/completions", body(rows),
                                                             lambda raw: self._completions(raw, len(rows)),
