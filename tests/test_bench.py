@@ -1,0 +1,62 @@
+"""The CPU benchmark's arithmetic and its forward-pass accounting (the benchmark itself is `make bench`)."""
+
+import pytest
+
+from sml import bench
+from sml.engine import Dialogue, run_dialogues
+from sml.student import Student
+from sml.tasks import toy_math
+from sml.teacher import ScriptedTeacher
+from tiny_models import tiny_model, tiny_tokenizer
+
+
+def test_reply_tokens_count_what_the_student_reads_between_its_turns():
+    d = Dialogue(task={}, variant="full", sample=0, messages=[], ids=list(range(40)))
+    # opening 0..9, turn 1 = 10..14, reply 15..21, turn 2 = 22..29, reply 30..32, turn 3 = 33..39
+    d.turn_starts, d.student_ids = [10, 22, 33], [[0] * 5, [0] * 8, [0] * 7]
+    d.labels = ["attempt"] * 3
+    assert bench.reply_tokens([d, d]) == 2 * ((22 - 15) + (33 - 30))
+
+
+def test_ratio_bound_follows_its_definition():
+    breakdown = {"reply_prefill_s": 0.2, "reply_prefill_padded_tokens": 400}
+    # raw: 100 tokens in 1.0 s over 2 rounds, each with a 0.1 s prefill -> 0.8 s of decoding
+    out = bench.ratio_bound(tokens=50, raw=[(100, 1.2), (100, 1.0), (100, 0.9)], raw_prefill_s=0.1,
+                            opening_tokens=40, rounds=2, breakdown=breakdown, replies=300, raw_rate=100.0)
+    floor = 50 * 0.8 / 100 + 0.1  # decode 50 tokens at raw speed, prefill the openings once
+    expect = {"replies_as_prefilled": 50 / (floor + 0.2) / 100,
+              "replies_unpadded": 50 / (floor + 0.2 * 300 / 400) / 100,
+              "replies_at_opening_cost": 50 / (floor + 0.1 * 300 / 40) / 100}
+    assert out["ratio_vs_raw_bound"] == pytest.approx(expect, abs=1e-3)
+    assert out["reply_tokens"] == 300 and out["raw_prefill_s"] == 0.1
+
+
+def test_ratio_bound_is_none_when_raw_is_all_prefill():
+    out = bench.ratio_bound(tokens=10, raw=[(10, 0.19)], raw_prefill_s=0.1, opening_tokens=4, rounds=2,
+                            breakdown={"reply_prefill_s": 0.1, "reply_prefill_padded_tokens": 10}, replies=8,
+                            raw_rate=50.0)
+    assert out["ratio_vs_raw_bound"] is None and out["reply_tokens"] == 8
+
+
+def test_breakdown_tells_reply_prefills_from_openings():
+    tok = tiny_tokenizer()
+    student = Student(tiny_model(tok), tok, device="cpu")
+    tasks, runs = toy_math.generate(6, 4), []
+    kwargs = dict(max_turns=3, max_new_tokens=6, batch_size=6, progress=False, seed=1)
+    breakdown = bench.forward_breakdown(student, lambda: runs.append(
+        run_dialogues(tasks, student, ScriptedTeacher(), **kwargs)))
+    dialogues = runs[0]
+    rounds = max(d.turns for d in dialogues)
+    assert rounds >= 2  # the tiny model rarely solves anything: there are replies to read
+    assert breakdown["prefill_calls"] == rounds  # one batch per round
+    assert breakdown["opening_prefill_s"] > 0 and breakdown["reply_prefill_s"] > 0
+    widths = [w for _, w in breakdown["prefill_shapes"][1:]]
+    rows = [sum(d.turns > r for d in dialogues) for r in range(1, rounds)]
+    assert breakdown["reply_prefill_padded_tokens"] == sum(r * w for r, w in zip(rows, widths))
+    # padding only adds: the padded count covers every reply token (a turn cut at the cap adds its last token)
+    assert breakdown["reply_prefill_padded_tokens"] >= bench.reply_tokens(dialogues)
+    # the same run without the KV cache re-reads whole conversations: nothing reads a past
+    plain = bench.forward_breakdown(student, lambda: run_dialogues(tasks, student, ScriptedTeacher(),
+                                                                   reuse_cache=False, **kwargs))
+    assert plain["reply_prefill_s"] == 0 and plain["reply_prefill_padded_tokens"] == 0
+    assert plain["opening_prefill_s"] > 0 and plain["prefill_calls"] == rounds
