@@ -147,10 +147,10 @@ def bench(student: Student, tasks, n_dialogues: int = 64, turns: int = 4, max_ne
         _forced(student, batch, max(1, round(n / len(batch))), temperature)
         for batch, n in zip(same_rounds, round_tokens)])[1]) for _ in range(repeats)]
 
-    traced = []  # the breakdown run's dialogues (same seed as the runs above)
     # raw's own prefill: a generate call of one token on the same openings
     raw_prefill = statistics.median(_timed(lambda: _forced(student, openings, 1, temperature))[1]
                                     for _ in range(repeats))
+    traced = []  # the breakdown run's dialogues (same seed as the runs above)
     breakdown = forward_breakdown(student, lambda: traced.extend(run_dialogues(tasks, student, teacher,
                                                                                batch_size=n_dialogues, **common)))
     naive = []
