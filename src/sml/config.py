@@ -172,10 +172,14 @@ SCHEMA = {
 }
 
 
-def _unbuilt(domain):
+def _unbuilt(source, sources):
+    """A task source that the tasks stage does not build."""
+    return f"{source!r} is not built: add it to tasks.sources ({sources!r})" if source not in as_list(sources) else None
+
+
+def _unbuilt_if_trained(domain):
     """train.<domain>_source must be built by the tasks stage when the domain is trained on."""
-    return lambda source, sources, domains: (f"{source!r} is not built: add it to tasks.sources ({sources!r})"
-                                             if domain in domains and source not in as_list(sources) else None)
+    return lambda source, sources, domains: _unbuilt(source, sources) if domain in domains else None
 
 
 # Checks across keys: (keys, fn(*values) -> problem or None), run when every key is there and valid;
@@ -208,12 +212,10 @@ CROSS = [
      lambda e, t: f"must equal train.domains {t}, got {e!r}" if sorted(as_list(e)) != sorted(t) else None),
     (("evaluation.seeds", "train.seeds"),
      lambda e, t: f"must equal train.seeds {t}, got {e!r}" if sorted(as_list(e)) != sorted(t) else None),
-    (("evaluation.math_source", "tasks.sources"),
-     lambda s, srcs: f"{s!r} is not built: add it to tasks.sources ({srcs!r})" if s not in as_list(srcs) else None),
-    (("evaluation.code_source", "tasks.sources"),
-     lambda s, srcs: f"{s!r} is not built: add it to tasks.sources ({srcs!r})" if s not in as_list(srcs) else None),
-    (("train.math_source", "tasks.sources", "train.domains"), _unbuilt("math")),
-    (("train.code_source", "tasks.sources", "train.domains"), _unbuilt("code")),
+    (("evaluation.math_source", "tasks.sources"), _unbuilt),
+    (("evaluation.code_source", "tasks.sources"), _unbuilt),
+    (("train.math_source", "tasks.sources", "train.domains"), _unbuilt_if_trained("math")),
+    (("train.code_source", "tasks.sources", "train.domains"), _unbuilt_if_trained("code")),
     (("generation.vllm_server_url", "generation.grpo", "generation.vllm_mode"),
      lambda url, grpo, mode: "required for generation.vllm_mode 'server' (e.g. http://localhost:8000)"
      if grpo == "vllm" and mode == "server" and not url else None),
