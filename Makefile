@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	  git config diff.ipynb.textconv "$(CURDIR)/$(BIN)/nbstripout -t"
 	touch $(STAMP)
 
-# bubblewrap isolates model-written code (see src/sml/sandbox.py). Installed when we can (root + apt);
+# bubblewrap isolates model-written code (see src/sml/sandbox/__init__.py). Installed when we can (root + apt);
 # otherwise the sandbox falls back to a weaker mode and warns loudly.
 sandbox-deps:
 	@command -v bwrap >/dev/null 2>&1 || { \
@@ -41,11 +41,11 @@ repro: setup
 # Needs the base student (the `base_student` stage runs first if it is not up to date).
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro base_student
-	PYTHONPATH=src $(BIN)/python -m sml.bench --out metrics/bench.json
+	PYTHONPATH=src $(BIN)/python -m benchmarks.bench --out metrics/bench.json
 
 # On a GPU machine: the engine vs raw generate and GRPO s/step for Qwen2.5-0.5B/1.5B-shaped random models.
 bench-gpu: setup
-	PYTHONPATH=src $(BIN)/python -m sml.bench_gpu --out metrics/bench_gpu.json
+	PYTHONPATH=src $(BIN)/python -m benchmarks.bench_gpu --out metrics/bench_gpu.json
 
 # Switch params.yaml to a profile (profiles/*.yaml), e.g. `make profile PROFILE=qwen2.5-7b`; PROFILE=tiny-cpu switches back.
 profile: setup

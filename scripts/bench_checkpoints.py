@@ -9,9 +9,9 @@ import time
 import datasets
 import torch
 
-from sml import base_model, pretrain
-from sml.sft import chat
-from sml.student import load_tokenizer
+from sml.train import base_model, pretrain
+from sml.train.sft import chat
+from sml.dialogue.student import load_tokenizer
 from sml.tasks import toy_math
 
 tok = load_tokenizer("models/base_student")

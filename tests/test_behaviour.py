@@ -5,11 +5,11 @@ import datasets
 import pandas as pd
 import pytest
 
-from sml import collect, transcripts
-from sml.engine import run_dialogues
-from sml.evaluate import interval_rows
+from sml.evaluation import collect, transcripts
+from sml.dialogue.engine import run_dialogues
+from sml.evaluation.evaluate import interval_rows
 from sml.tasks import toy_code
-from sml.teacher import ScriptedTeacher, classify
+from sml.dialogue.teacher import ScriptedTeacher, classify
 from test_dialogue import math_task, model, replay, tok  # noqa: F401 (model, tok: shared fixtures)
 
 

@@ -2,11 +2,11 @@
 
 import pytest
 
-from sml import bench
-from sml.engine import Dialogue, run_dialogues
-from sml.student import Student
+from benchmarks import bench
+from sml.dialogue.engine import Dialogue, run_dialogues
+from sml.dialogue.student import Student
 from sml.tasks import toy_math
-from sml.teacher import ScriptedTeacher
+from sml.dialogue.teacher import ScriptedTeacher
 from tiny_models import tiny_model, tiny_tokenizer
 
 

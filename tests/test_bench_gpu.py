@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from sml import bench_gpu
+from benchmarks import bench_gpu
 from tiny_models import tiny_tokenizer
 
 CONFIGS = {"configs/models/qwen2.5-0.5b.json": 494_032_768, "configs/models/qwen2.5-1.5b.json": 1_543_714_304}

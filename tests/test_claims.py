@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sml import claims
-from sml.transcripts import wilson
+from sml.evaluation import claims
+from sml.evaluation.transcripts import wilson
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def test_a_worse_student_is_reported_as_the_opposite():
 def test_readme_claims_block_matches_the_committed_metrics():
     readme = (REPO / "README.md").read_text()
     assert claims.readme_block(readme) == claims.markdown(*claims.load(REPO)), \
-        "README claims table is stale: run `PYTHONPATH=src python -m sml.claims --readme README.md`"
+        "README claims table is stale: run `PYTHONPATH=src python -m sml.evaluation.claims --readme README.md`"
 
 
 def test_write_readme_replaces_only_the_block(tmp_path):

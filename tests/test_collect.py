@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from sml import collect, transcripts
+from sml.evaluation import collect, transcripts
 
 
 def eval_part(condition, train_domain, seeds, successes, n=10, eval_domain="math"):

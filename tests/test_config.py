@@ -61,7 +61,8 @@ def test_the_schema_covers_params_yaml_exactly():
 
 
 def test_the_choices_mirror_the_modules_that_use_them():
-    from sml import engine, grpo, llm_teacher, teacher
+    from sml.dialogue import engine, llm_teacher, teacher
+    from sml.train import grpo
     from sml.tasks import schema, toy_code, toy_math
 
     build = importlib.import_module("sml.tasks.build")  # sml.tasks.build is also a function's name
@@ -72,7 +73,7 @@ def test_the_choices_mirror_the_modules_that_use_them():
     assert (config.DOMAINS, config.VARIANTS) == (schema.DOMAINS, schema.VARIANTS)
     assert config.FEEDBACK == teacher.FEEDBACK_KINDS and config.TEACHER_KINDS == llm_teacher.KINDS
     assert config.SHARD_REVEAL == engine.SHARD_REVEAL and config.CREDIT == grpo.CREDIT
-    from sml import evaluate
+    from sml.evaluation import evaluate
     assert (config.GENERATION, config.VLLM_MODES) == (grpo.GENERATION, grpo.VLLM_MODES)
     assert config.EVAL_BACKENDS == evaluate.BACKENDS
     assert all(s in build.SOURCES and s not in build.EVAL_ONLY for s in sum(config.TRAIN_SOURCES.values(), ()))

@@ -5,9 +5,9 @@ import torch
 
 import pandas as pd
 
-from sml.diagnostic import answer_losses, answer_target, dialogue_losses, loss_curve, loss_drop
-from sml.sft import answer_of
-from sml.student import Student
+from sml.evaluation.diagnostic import answer_losses, answer_target, dialogue_losses, loss_curve, loss_drop
+from sml.train.sft import answer_of
+from sml.dialogue.student import Student
 from test_dialogue import math_task, model, tok  # noqa: F401 (model, tok: shared fixtures)
 
 

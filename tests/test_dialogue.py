@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from tiny_models import ReplayStudent, tiny_model, tiny_tokenizer
 
-from sml import transcripts
-from sml.engine import run_dialogues
-from sml.student import ChatPieces, Student
+from sml.evaluation import transcripts
+from sml.dialogue.engine import run_dialogues
+from sml.dialogue.student import ChatPieces, Student
 from sml.tasks import toy_code, toy_math
 from sml.tasks.schema import make_task, metadata
-from sml.teacher import ScriptedTeacher, TeacherView, classify, leaks
+from sml.dialogue.teacher import ScriptedTeacher, TeacherView, classify, leaks
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import pytest
 import torch
 from trl import GRPOTrainer
 
-from sml import grpo, sft
-from sml.engine import run_dialogues
+from sml.train import grpo, sft
+from sml.dialogue.engine import run_dialogues
 from sml.tasks import toy_math
-from sml.teacher import ScriptedTeacher
+from sml.dialogue.teacher import ScriptedTeacher
 from tiny_models import ReplayStudent, tiny_model, tiny_tokenizer
 
 

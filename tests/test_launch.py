@@ -15,7 +15,7 @@ from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu
 from nbformat.v4 import new_code_cell, new_notebook
 from papermill.exceptions import PapermillExecutionError
 
-from sml import launch
+from sml.train import launch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "accelerate"
@@ -134,7 +134,7 @@ def test_each_rank_runs_the_notebook_and_only_rank_0_keeps_it(tmp_path, monkeypa
 def test_a_failing_notebook_exits_non_zero_and_cleans_up(tmp_path):
     write_notebook(tmp_path / "in.ipynb", "raise RuntimeError('boom')")
     env = {**os.environ, "RANK": "1", "TMPDIR": str(tmp_path), "PYTHONPATH": str(REPO / "src")}
-    done = subprocess.run([sys.executable, "-m", "sml.launch", str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb")],
+    done = subprocess.run([sys.executable, "-m", "sml.train.launch", str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb")],
                           env=env, capture_output=True, text=True)
     assert done.returncode != 0 and "boom" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ipynb"]
@@ -150,7 +150,7 @@ def test_accelerate_launch_two_cpu_processes_join_one_group(tmp_path):
                    "open(f'{record}{dist.get_rank()}', 'w').write(f'{n} {dist.get_world_size()} {x.item()}')")
     env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(REPO / "src")}
     cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(CONFIGS / "multi_gpu.yaml"),
-           "--num_processes", "2", "-m", "sml.launch", str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"),
+           "--num_processes", "2", "-m", "sml.train.launch", str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"),
            "-p", "record", str(tmp_path / "rank"), "-p", "n", "5"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -12,10 +12,10 @@ import urllib.request
 import pytest
 import torch
 
-from sml.base_model import build_model, train_tokenizer
-from sml.llm_teacher import RULE, HFTeacher, OpenAITeacher, build_messages, make_teacher
+from sml.train.base_model import build_model, train_tokenizer
+from sml.dialogue.llm_teacher import RULE, HFTeacher, OpenAITeacher, build_messages, make_teacher
 from sml.tasks import toy_code, toy_math
-from sml.teacher import ScriptedTeacher, TeacherView, private_knowledge
+from sml.dialogue.teacher import ScriptedTeacher, TeacherView, private_knowledge
 from sml.verify import verify
 
 

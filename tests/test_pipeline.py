@@ -18,7 +18,8 @@ import papermill
 import pytest
 import yaml
 
-from sml import claims, collect, resume, transcripts
+from sml.evaluation import claims, collect, transcripts
+from sml import resume
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -98,7 +99,7 @@ def run_notebook(name, out_root, **parameters):
                                progress_bar=False, kernel_name="python3")
 
 
-AFTER_COLLECT = ("08_loss_diagnostic", "09_report")  # these read every condition's evaluation
+AFTER_COLLECT = ("09_loss_diagnostic", "10_report")  # these read every condition's evaluation
 
 
 def run_chain(out_root):
@@ -110,9 +111,9 @@ def run_chain(out_root):
     run_notebook("06_single_turn_baselines", out_root, baseline="rl")
     for condition in TRAINED[1:]:
         run_notebook("08_evaluate", out_root, condition=condition)
-    run_notebook("08_loss_diagnostic", out_root)
+    run_notebook("09_loss_diagnostic", out_root)
     summary = collect.collect(out_root)
-    run_notebook("09_report", out_root)
+    run_notebook("10_report", out_root)
     return summary
 
 
@@ -180,10 +181,10 @@ def test_notebook_chain_runs_end_to_end(chain):
     assert drop["turns"] == 2 and drop["dialogues"] > 0 and drop["drop_ci"][0] <= drop["drop"] <= drop["drop_ci"][1]
     assert set(pd.read_csv(tmp_path / "metrics" / "diagnostic.csv")["turn"]) == {1, 2}
     for name in ("sr_at_k", "cross_domain", "turn_generalisation", "sharded", "loss_diagnostic", "training_curves"):
-        assert (tmp_path / "reports" / "figures" / f"09_{name}.png").stat().st_size > 10_000, name
+        assert (tmp_path / "reports" / "figures" / f"10_{name}.png").stat().st_size > 10_000, name
     sr = pd.read_csv(tmp_path / "metrics" / "sr_curves.csv")
     assert set(sr["condition"]) == {"base", *TRAINED} and sr["ci_low"].le(sr["success"]).all()
-    executed = nbformat.read(tmp_path / "09_report.ipynb", as_version=4)
+    executed = nbformat.read(tmp_path / "10_report.ipynb", as_version=4)
     shown = "".join(str(o.get("data", {}).get("text/markdown", "")) for c in executed.cells if c.cell_type == "code"
                     for o in c.outputs)
     assert shown.count("\n| ") == len(claims.CLAIMS)  # the claims table, one row per claim
@@ -202,7 +203,8 @@ def test_a_rerun_gives_identical_metrics(chain, tmp_path):
         assert (tmp_path / path).read_bytes() == (first / path).read_bytes(), f"{path} differs on a rerun"
     for adapter in (first / "models").glob("*/math_s0/adapter_model.safetensors"):
         assert (tmp_path / adapter.relative_to(first)).read_bytes() == adapter.read_bytes()
-    figures = sorted((first / "reports" / "figures").glob("0[89]_*.png"))  # the evaluation's and the report's
+    figures = sorted(p for p in (first / "reports" / "figures").glob("*.png")
+                     if p.name[:2] in ("08", "09", "10"))  # the evaluation's, the diagnostic's and the report's
     assert len(figures) >= 7
     for figure in figures:
         assert (tmp_path / figure.relative_to(first)).read_bytes() == figure.read_bytes(), f"{figure.name} differs"

@@ -5,11 +5,12 @@ import random
 
 import pytest
 
-from sml import qprime, transcripts
-from sml.engine import run_dialogues
-from sml.qprime import Injection, injection_probability, template_question
+from sml.train import qprime
+from sml.evaluation import transcripts
+from sml.dialogue.engine import run_dialogues
+from sml.train.qprime import Injection, injection_probability, template_question
 from sml.tasks import toy_code
-from sml.teacher import ScriptedTeacher, TeacherView, classify, leaks
+from sml.dialogue.teacher import ScriptedTeacher, TeacherView, classify, leaks
 from test_dialogue import math_task, model, replay, tok  # noqa: F401 (model, tok: shared fixtures)
 
 

@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from local_server import JSONHandler, serve
-from sml import evaluate, openai_api, sft
-from sml.engine import run_dialogues
-from sml.remote_student import RemoteStudent, adapter_name
-from sml.student import Student
+from sml.evaluation import evaluate
+from sml.dialogue import openai_api
+from sml.train import sft
+from sml.dialogue.engine import run_dialogues
+from sml.dialogue.remote_student import RemoteStudent, adapter_name
+from sml.dialogue.student import Student
 from sml.tasks import toy_math
-from sml.teacher import ScriptedTeacher
+from sml.dialogue.teacher import ScriptedTeacher
 from tiny_models import tiny_model, tiny_tokenizer
 
 

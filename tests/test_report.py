@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from sml import report
-from sml.transcripts import wilson
+from sml.evaluation import report
+from sml.evaluation.transcripts import wilson
 
 
 def eval_rows():

@@ -6,11 +6,13 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from sml import grpo, resume, sft, transcripts
-from sml.engine import run_dialogues
-from sml.student import Student
+from sml.train import grpo, sft
+from sml import resume
+from sml.evaluation import transcripts
+from sml.dialogue.engine import run_dialogues
+from sml.dialogue.student import Student
 from sml.tasks import toy_math
-from sml.teacher import ScriptedTeacher
+from sml.dialogue.teacher import ScriptedTeacher
 from tiny_models import tiny_model, tiny_tokenizer
 
 ENGINE = dict(max_turns=3, gamma=0.7, max_new_tokens=12, temperature=1.5, progress=False)

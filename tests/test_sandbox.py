@@ -123,7 +123,7 @@ def test_cannot_delete_repository_files(strong_sandbox, runner):
     victim = REPO / "pyproject.toml"
     before = victim.read_bytes()
     run_timed(runner, f"import os, shutil\nos.remove({str(victim)!r})\nshutil.rmtree({str(REPO / 'src')!r})")
-    assert victim.read_bytes() == before and (REPO / "src" / "sml" / "sandbox.py").exists()
+    assert victim.read_bytes() == before and (REPO / "src" / "sml" / "sandbox" / "__init__.py").exists()
 
 
 def test_no_network(strong_sandbox, runner):

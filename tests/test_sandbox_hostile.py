@@ -46,7 +46,7 @@ SECRET = f"sml-fake-secret-{uuid.uuid4().hex}"
 # Host paths a program tries to create; none may exist afterwards.
 PWNED = [Path(p) / "sml-pwned" for p in ("/tmp", "/var/tmp", "/dev/shm", "/root", "/etc", REPO, REPO / "tests")]
 # Files whose content must survive every program (the sandbox's own code above all).
-GUARDED = [REPO / p for p in ("src/sml/sandbox.py", "src/sml/sandbox_worker.py", "tests/conftest.py",
+GUARDED = [REPO / p for p in ("src/sml/sandbox/__init__.py", "src/sml/sandbox/worker.py", "tests/conftest.py",
                               "tests/test_sandbox_hostile.py")]
 
 

@@ -6,11 +6,12 @@ import pytest
 import torch
 from trl import SFTTrainer
 
-from sml import sft, transcripts
-from sml.engine import run_dialogues
-from sml.student import Student
+from sml.train import sft
+from sml.evaluation import transcripts
+from sml.dialogue.engine import run_dialogues
+from sml.dialogue.student import Student
 from sml.tasks import toy_math
-from sml.teacher import ScriptedTeacher
+from sml.dialogue.teacher import ScriptedTeacher
 from tiny_models import ReplayStudent, tiny_model, tiny_tokenizer
 
 

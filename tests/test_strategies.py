@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from sml.strategies import DEFINITIONS, LABEL_OF, STRATEGIES, StrategyClassifier, build_messages, make_classifier, \
+from sml.evaluation.strategies import DEFINITIONS, LABEL_OF, STRATEGIES, StrategyClassifier, build_messages, make_classifier, \
     parse_strategy
 from sml.tasks import toy_code, toy_math
-from sml.teacher import LABELS, classify
+from sml.dialogue.teacher import LABELS, classify
 from local_server import JSONHandler, serve
 
 

@@ -8,11 +8,12 @@ import threading
 
 import pytest
 
-from sml import openai_api, resume
-from sml.llm_teacher import OpenAITeacher
-from sml.student import Student
+from sml.dialogue import openai_api
+from sml import resume
+from sml.dialogue.llm_teacher import OpenAITeacher
+from sml.dialogue.student import Student
 from sml.tasks import toy_math
-from sml.teacher import TeacherView
+from sml.dialogue.teacher import TeacherView
 from local_server import JSONHandler, serve
 from tiny_models import tiny_model, tiny_tokenizer
 

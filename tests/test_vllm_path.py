@@ -9,11 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from sml import config, grpo
-from sml.engine import run_dialogues
-from sml.student import Student
+from sml import config
+from sml.train import grpo
+from sml.dialogue.engine import run_dialogues
+from sml.dialogue.student import Student
 from sml.tasks import toy_math
-from sml.teacher import ScriptedTeacher
+from sml.dialogue.teacher import ScriptedTeacher
 from tiny_models import tiny_model, tiny_tokenizer
 
 no_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")

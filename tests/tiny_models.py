@@ -2,8 +2,8 @@
 
 import torch
 
-from sml.base_model import build_model, train_tokenizer
-from sml.student import Student
+from sml.train.base_model import build_model, train_tokenizer
+from sml.dialogue.student import Student
 from sml.tasks import toy_code, toy_math
 
 

@@ -39,9 +39,9 @@ CONDITIONS = ("sml_offline", "st_sft", "sml_online", "st_rl", "sml_qprime")
 QUESTION_SOURCES = ("template", "model")
 CLASSIFIER_KINDS = ("rules", "hf", "openai")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
-GENERATION = ("engine", "vllm")          # sml.grpo.GENERATION
+GENERATION = ("engine", "vllm")          # sml.train.grpo.GENERATION
 VLLM_MODES = ("colocate", "server")
-EVAL_BACKENDS = ("local", "openai")      # sml.evaluate.BACKENDS
+EVAL_BACKENDS = ("local", "openai")      # sml.evaluation.evaluate.BACKENDS
 TRAIN_SOURCES = {"math": ("toy_math", "omni_math"), "code": ("toy_code", "opencodeinstruct")}
 
 
@@ -335,10 +335,10 @@ NOTEBOOKS = {
                      "rl_lr": "online_sml.lr"},
     "08_evaluate": {"out_root": _string(False), **_CHUNK, "condition": _choice(*CONDITIONS), **_STUDENT, **_REMOTE,
                     "train_domains": "evaluation.train_domains", **_EVALUATION},
-    "08_loss_diagnostic": {"out_root": _string(False), **_STUDENT, "conditions": _list("base", *CONDITIONS),
+    "09_loss_diagnostic": {"out_root": _string(False), **_STUDENT, "conditions": _list("base", *CONDITIONS),
                            **{k: f"evaluation.{k}" for k in ("train_domains", "seeds", "math_source", "code_source")},
                            **{k: f"diagnostic.{k}" for k in SCHEMA["diagnostic"]}},
-    "09_report": {"out_root": _string(False), "train_turns": "dialogue.train_turns", "gallery_seed": _int(0),
+    "10_report": {"out_root": _string(False), "train_turns": "dialogue.train_turns", "gallery_seed": _int(0),
                   "gallery_per_kind": _int(0)},
 }
 

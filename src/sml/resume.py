@@ -25,8 +25,8 @@ import datasets
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from . import transcripts
-from .engine import run_dialogues
+from sml.evaluation import transcripts
+from sml.dialogue.engine import run_dialogues
 
 WORK = ".sml_work"
 _WHOLE_FILE_BYTES = 64 << 20  # bigger files are fingerprinted by size and their first and last MiB

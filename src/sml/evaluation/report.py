@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import transcripts
-from .claims import mover
-from .collect import pooled
+from sml.evaluation import transcripts
+from sml.evaluation.claims import mover
+from sml.evaluation.collect import pooled
 
 ORDER = ("base", "st_sft", "sml_offline", "st_rl", "sml_online", "sml_qprime")  # the figures' legend order
 CELL = ["condition", "train_domain", "eval_domain", "variant"]

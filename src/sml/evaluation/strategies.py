@@ -3,11 +3,11 @@
 
 The engine needs one of three labels per student turn (``attempt``, ``question``, ``other``): it
 decides whether the verifier runs, whether a shard is revealed, and it feeds the premature-answer and
-question rates. The rules in ``sml.teacher.classify`` are right for the scripted toy setting, where
+question rates. The rules in ``sml.dialogue.teacher.classify`` are right for the scripted toy setting, where
 answers end in "The answer is ..." and questions carry a "?". Real models hedge, ask without a
 question mark, or discuss the problem at length, and there the rules mislabel turns. This module asks
 an LLM for the finer strategy and maps it onto our three labels, reusing the teacher backends of
-``sml.llm_teacher`` (local HF model or OpenAI-compatible endpoint, retries, disk cache).
+``sml.dialogue.llm_teacher`` (local HF model or OpenAI-compatible endpoint, retries, disk cache).
 
 A classifier must never stop a stage: an output that names no single strategy falls back to the
 rule label, and ``StrategyClassifier.fallbacks`` makes that visible.
@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import re
 
-from .llm_teacher import HFTeacher, LLMTeacher, OpenAITeacher
-from .teacher import classify
+from sml.dialogue.llm_teacher import HFTeacher, LLMTeacher, OpenAITeacher
+from sml.dialogue.teacher import classify
 
 KINDS = ("rules", "hf", "openai")
 STRATEGIES = ("answer_attempt", "clarification", "interrogation", "discussion", "hedging", "refusal", "missing")
@@ -106,7 +106,7 @@ class StrategyClassifier:
 
 def make_classifier(p: dict) -> StrategyClassifier | None:
     """The classifier named by a ``classifier`` params section; ``None`` for ``kind: rules``, where
-    the engine keeps ``sml.teacher.classify``."""
+    the engine keeps ``sml.dialogue.teacher.classify``."""
     kind = p.get("kind", "rules")
     if kind not in KINDS:
         raise ValueError(f"classifier.kind: unknown kind {kind!r}; choose from {KINDS}")

@@ -9,7 +9,7 @@ gap grow with turns?) independence overstates the spread, so those intervals are
 
 Verdict per row: *reproduced* when every comparison's interval lies on the side the paper claims,
 *partial* when some do, *not reproduced* when none do, and *opposite* when none do and at least one lies
-on the other side. The README carries the table (``python -m sml.claims --readme README.md`` rewrites it;
+on the other side. The README carries the table (``python -m sml.evaluation.claims --readme README.md`` rewrites it;
 a test keeps the two equal).
 """
 
@@ -128,7 +128,7 @@ CLAIMS = (
           "falling loss curves for SML, flat for the base (figure)",
           "loss drop (nats, teacher turn 1 -> 4) of sml_online − the base's, in-domain",
           _per_domain("", "sml_online", "base", "loss_drop"),
-          _link("08_loss_diagnostic", "diagnostic", "metrics/diagnostic.json")),
+          _link("09_loss_diagnostic", "diagnostic", "metrics/diagnostic.json")),
 )
 
 

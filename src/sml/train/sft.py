@@ -18,8 +18,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from trl import SFTConfig, SFTTrainer
 
-from . import resume
-from .tasks.build import load_tasks
+from sml import resume
+from sml.tasks.build import load_tasks
 
 
 def answer_of(task: dict) -> str:

@@ -1,9 +1,9 @@
 """The teacher: sees the task, its private knowledge and the public dialogue; writes the next message.
 
-The environment (``sml.engine``) judges every student turn first: it labels it (answer attempt,
+The environment (``sml.dialogue.engine``) judges every student turn first: it labels it (answer attempt,
 question, other), runs the verifier on attempts and decides which shard, if any, this reply must
 reveal. A teacher only turns that judgement into words, so every teacher backend (scripted here,
-LLM in ``sml.llm_teacher``) gives feedback grounded in the same facts.
+LLM in ``sml.dialogue.llm_teacher``) gives feedback grounded in the same facts.
 
 The scripted teacher is the default: deterministic, local, free, and it never states the final
 answer unless ``reveal_answer`` is set. ``leaks`` audits every teacher message for the answer.
@@ -15,9 +15,9 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from .tasks.schema import metadata, prompt_for
-from .tasks.toy_math import format_number, steps_of
-from .verify.math import ANY_NUMBER, extract_answer, parse_number
+from sml.tasks.schema import metadata, prompt_for
+from sml.tasks.toy_math import format_number, steps_of
+from sml.verify.math import ANY_NUMBER, extract_answer, parse_number
 
 LABELS = ("attempt", "question", "other")
 FEEDBACK_KINDS = ("verdict", "direction", "step", "tests")

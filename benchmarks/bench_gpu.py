@@ -1,7 +1,7 @@
 """GPU benchmark (not a test): the engine's student tokens/s and GRPO seconds per step for students shaped
 like Qwen2.5-0.5B/1.5B-Instruct (their real configs, random weights: nothing is downloaded), bf16 + sdpa.
 
-    PYTHONPATH=src python -m sml.bench_gpu --out metrics/bench_gpu.json
+    PYTHONPATH=src python -m benchmarks.bench_gpu --out metrics/bench_gpu.json
 
 Random weights measure cost, not behaviour. What that takes:
 - vocabulary: the model keeps the real 151,936-wide embedding and head (so the head matmul, the sampling
@@ -34,11 +34,11 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from . import bench
-from .base_model import train_tokenizer
-from .student import Student, load_tokenizer
-from .tasks import toy_math
-from .teacher import ScriptedTeacher
+from benchmarks import bench
+from sml.train.base_model import train_tokenizer
+from sml.dialogue.student import Student, load_tokenizer
+from sml.tasks import toy_math
+from sml.dialogue.teacher import ScriptedTeacher
 
 CONFIGS = "configs/models/qwen2.5-0.5b.json,configs/models/qwen2.5-1.5b.json"
 TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64)
@@ -107,7 +107,7 @@ def time_grpo(model, tokenizer, tasks, *, steps: int, tasks_per_step: int, group
               max_new_tokens: int, bf16: bool) -> dict:
     """A few ``grpo.train`` steps on a fresh LoRA adapter; seconds per step from TRL's ``step_time`` (rollout,
     forward, backward and optimiser step), the first step left out of the mean when there are more."""
-    from . import grpo, sft  # here: trl is needed only when GRPO is timed (--grpo-steps 0 runs without it)
+    from sml.train import grpo, sft  # here: trl is needed only when GRPO is timed (--grpo-steps 0 runs without it)
 
     model = sft.add_adapter(model, r=16, alpha=32, seed=0)
     with tempfile.TemporaryDirectory() as out_dir:

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .sft import answer_of
-from .student import Student, left_pad
+from sml.train.sft import answer_of
+from sml.dialogue.student import Student, left_pad
 
 
 def answer_target(task: dict) -> tuple[str, str]:

@@ -7,7 +7,7 @@ domain pair in ``metrics/summary.json`` (mean over seeds, with a 95% Wilson inte
 evaluation dialogues of the seeds pooled), with each cell's premature and question rates and their
 bootstrap intervals (``metrics/parts/intervals/<name>.csv``) beside them.
 
-Run: ``PYTHONPATH=src python -m sml.collect [--root .]``
+Run: ``PYTHONPATH=src python -m sml.evaluation.collect [--root .]``
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .transcripts import BEHAVIOUR_COLUMNS, EVAL_COLUMNS, INTERVAL_COLUMNS, KEYS, wilson, write_csv
+from sml.evaluation.transcripts import BEHAVIOUR_COLUMNS, EVAL_COLUMNS, INTERVAL_COLUMNS, KEYS, wilson, write_csv
 
 SUMMARY_TURNS = (1, 4, 10)
 

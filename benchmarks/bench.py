@@ -1,7 +1,7 @@
 """Benchmark (not a test): student tokens/s of the dialogue engine against raw batched ``generate`` and
 against a naive loop that runs one dialogue at a time, all measured in one process, one after another.
 
-    python -m sml.bench --model models/base_student --out metrics/bench.json   (what `make bench` runs)
+    python -m benchmarks.bench --model models/base_student --out metrics/bench.json   (what `make bench` runs)
 
 - engine: ``n_dialogues`` math dialogues x ``turns`` student turns with the scripted teacher, batched;
 - raw: ``generate`` on the same opening prompts at the same batch size, forced to the engine's mean
@@ -32,10 +32,10 @@ from pathlib import Path
 
 import torch
 
-from .engine import run_dialogues
-from .student import Student, left_pad
-from .tasks.build import load_tasks
-from .teacher import ScriptedTeacher
+from sml.dialogue.engine import run_dialogues
+from sml.dialogue.student import Student, left_pad
+from sml.tasks.build import load_tasks
+from sml.dialogue.teacher import ScriptedTeacher
 
 
 def _timed(fn):

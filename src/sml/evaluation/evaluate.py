@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from . import resume, transcripts
-from .student import Student
+from sml import resume
+from sml.evaluation import transcripts
+from sml.dialogue.student import Student
 
 BACKENDS = ("local", "openai")
 
@@ -15,9 +16,9 @@ def load_student(model: str, adapter: str | None = None, *, backend: str = "loca
                  api_key_env: str = "OPENAI_API_KEY", dtype: str = "float32"):
     """The student to evaluate: in-process (``local``: the adapter merged into the weights) or served by an
     OpenAI-compatible server such as ``vllm serve <model> --enable-lora`` (``openai``: the adapter by name,
-    see ``sml.remote_student``)."""
+    see ``sml.dialogue.remote_student``)."""
     if backend == "openai":
-        from .remote_student import RemoteStudent
+        from sml.dialogue.remote_student import RemoteStudent
         return RemoteStudent.load(model, adapter or None, base_url=base_url, api_key_env=api_key_env)
     if backend != "local":
         raise ValueError(f"generation.eval: must be one of {BACKENDS}, got {backend!r}")

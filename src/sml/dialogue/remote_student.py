@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from . import openai_api
-from .student import Student, load_tokenizer
+from sml.dialogue import openai_api
+from sml.dialogue.student import Student, load_tokenizer
 
 
 class RemoteStudent(Student):

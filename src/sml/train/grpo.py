@@ -22,10 +22,10 @@ import datasets
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from . import optional, resume
-from .engine import Dialogue, run_dialogues
-from .sft import inference_copy
-from .student import Student
+from sml import optional, resume
+from sml.dialogue.engine import Dialogue, run_dialogues
+from sml.train.sft import inference_copy
+from sml.dialogue.student import Student
 
 CREDIT = ("conversation", "turn")
 GENERATION = ("engine", "vllm")

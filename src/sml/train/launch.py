@@ -1,15 +1,15 @@
 """Run a notebook stage on several GPUs: every process executes the notebook, only the main one keeps it.
 
-    PYTHONPATH=src accelerate launch --config_file configs/accelerate/deepspeed_zero3.yaml -m sml.launch \\
+    PYTHONPATH=src accelerate launch --config_file configs/accelerate/deepspeed_zero3.yaml -m sml.train.launch \\
         notebooks/05_online_sml.ipynb reports/notebooks/05_online_sml.ipynb -p key value ...
 
-Arguments after ``-m sml.launch`` are papermill's own (parsed by papermill's CLI, so ``-p``, ``-y``, ``-r``,
+Arguments after ``-m sml.train.launch`` are papermill's own (parsed by papermill's CLI, so ``-p``, ``-y``, ``-r``,
 ``--progress-bar`` mean exactly what they mean in ``dvc.yaml``). Each kernel inherits RANK, WORLD_SIZE,
 MASTER_ADDR/PORT and ACCELERATE_* from ``accelerate launch``, so the TRL trainer inside joins the process
 group. Rank 0 (or no RANK: a plain run) writes the output notebook; other ranks write to a temporary file
 that is deleted afterwards, so the report is written once.
 
-    PYTHONPATH=src python -m sml.launch --check configs/accelerate/*.yaml
+    PYTHONPATH=src python -m sml.train.launch --check configs/accelerate/*.yaml
 
 validates config files with accelerate's own loader, without GPUs or DeepSpeed installed.
 """
@@ -42,7 +42,7 @@ def output_path(given: str) -> str:
 def run(argv: list[str]) -> None:
     """Run papermill's CLI on ``argv``, with this rank's output path; exits non-zero if the notebook fails."""
     try:
-        ctx = papermill_cli.make_context("sml.launch", list(argv))
+        ctx = papermill_cli.make_context("sml.train.launch", list(argv))
     except click.exceptions.Exit as e:  # --help
         sys.exit(e.exit_code)
     except click.ClickException as e:

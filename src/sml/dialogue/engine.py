@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from . import sandbox
-from .student import Student
-from .teacher import Teacher, TeacherView, classify, leaks
-from .verify import code as code_verifier
-from .verify import verify
+from sml import sandbox
+from sml.dialogue.student import Student
+from sml.dialogue.teacher import Teacher, TeacherView, classify, leaks
+from sml.verify import code as code_verifier
+from sml.verify import verify
 
 SHARD_REVEAL = ("every_turn", "on_question")
 _ASKED_STEP = re.compile(r"\bstep\s+(\d+)", re.IGNORECASE)

@@ -15,9 +15,9 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import openai_api
-from .tasks.schema import prompt_for
-from .teacher import ScriptedTeacher, Teacher, TeacherView, private_knowledge
+from sml.dialogue import openai_api
+from sml.tasks.schema import prompt_for
+from sml.dialogue.teacher import ScriptedTeacher, Teacher, TeacherView, private_knowledge
 
 KINDS = ("scripted", "hf", "openai")
 
@@ -69,7 +69,7 @@ class LLMTeacher(Teacher):
         return self.complete([build_messages(v) for v in views])
 
     def complete(self, prompts: list[list[dict]]) -> list[str]:
-        """Chat completions for any prompts, through the disk cache (also used by ``sml.strategies``)."""
+        """Chat completions for any prompts, through the disk cache (also used by ``sml.evaluation.strategies``)."""
         keys = [self._key(p) for p in prompts]
         replies = [self._load(k) for k in keys]
         todo = [i for i, r in enumerate(replies) if r is None]
@@ -113,7 +113,7 @@ class HFTeacher(LLMTeacher):
         import torch
         from transformers import AutoModelForCausalLM
 
-        from .student import load_tokenizer
+        from sml.dialogue.student import load_tokenizer
 
         super().__init__(model, max_new_tokens, temperature, cache_dir)
         self.batch_size = batch_size

@@ -18,7 +18,7 @@ our processes. Output is written to files (capped by the file-size limit) rather
 program printing forever cannot exhaust our memory.
 
 ``Pool`` runs programs the same way, with the same result, much faster: each of its workers is one
-long-lived ``bwrap`` sandbox whose PID 1 is a fork server (``sandbox_worker.py``) that forks a child
+long-lived ``bwrap`` sandbox whose PID 1 is a fork server (``worker.py``) that forks a child
 per program instead of starting bubblewrap and a new interpreter. See ``Pool`` for what that changes.
 """
 
@@ -54,7 +54,7 @@ TMPFS_LIMIT_BYTES = 256 << 20
 _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
 WORKER_MARGIN_S = 5.0  # a pool worker that has not answered by timeout_s + this is replaced
-_WORKER = open(os.path.join(os.path.dirname(__file__), "sandbox_worker.py")).read()
+_WORKER = open(os.path.join(os.path.dirname(__file__), "worker.py")).read()
 
 
 def _probe_bwrap(uid: int | None) -> bool:

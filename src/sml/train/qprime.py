@@ -19,10 +19,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from .teacher import _EQUATION, _TEST_CALL, TeacherView, classify, leaks, private_knowledge
-from .tasks.schema import metadata
-from .tasks.toy_math import steps_of
-from .verify.math import parse_number
+from sml.dialogue.teacher import _EQUATION, _TEST_CALL, TeacherView, classify, leaks, private_knowledge
+from sml.tasks.schema import metadata
+from sml.tasks.toy_math import steps_of
+from sml.verify.math import parse_number
 
 SOURCES = ("template", "model")
 

@@ -13,9 +13,9 @@ import datasets
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
-from . import resume
-from .sft import chat, sft_config
-from .tasks import toy_code, toy_math
+from sml import resume
+from sml.train.sft import chat, sft_config
+from sml.tasks import toy_code, toy_math
 
 
 def corpus(n_per_domain: int, seed: int, tasks_params: dict, exclude: set[str],

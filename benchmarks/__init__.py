@@ -1,0 +1,1 @@
+"""Benchmarks (outside the library): `python -m benchmarks.bench`."""
