@@ -9,7 +9,8 @@ from sml.evaluation import collect, transcripts
 from sml.dialogue.engine import run_dialogues
 from sml.evaluation.evaluate import interval_rows
 from sml.tasks import toy_code
-from sml.dialogue.teacher import ScriptedTeacher, classify
+from sml.dialogue.environment import classify
+from sml.dialogue.teacher import ScriptedTeacher
 from test_dialogue import math_task, model, replay, tok  # noqa: F401 (model, tok: shared fixtures)
 
 

@@ -3,7 +3,8 @@
 import pytest
 
 from benchmarks import bench
-from sml.dialogue.engine import Dialogue, run_dialogues
+from sml.dialogue.engine import run_dialogues
+from sml.dialogue.environment import Dialogue
 from sml.dialogue.student import Student
 from sml.tasks import toy_math
 from sml.dialogue.teacher import ScriptedTeacher

@@ -1,5 +1,6 @@
-"""The dialogue engine with the scripted teacher: labels, verdicts, rewards, shard reveals, the leak
-audit, transcripts and SR@k, on hand-written student turns (a replay student) and a tiny real model."""
+"""The dialogue engine with the scripted teacher: verdicts, rewards, shard reveals, blocked leaks,
+transcripts and SR@k, on hand-written student turns (a replay student) and a tiny real model.
+The environment's hooks on their own: test_environment_hooks.py."""
 
 import math
 import random
@@ -14,7 +15,8 @@ from sml.dialogue.engine import run_dialogues
 from sml.dialogue.student import ChatPieces, Student
 from sml.tasks import toy_code, toy_math
 from sml.tasks.schema import make_task, metadata
-from sml.dialogue.teacher import ScriptedTeacher, TeacherView, classify, leaks
+from sml.dialogue.environment import TeacherView
+from sml.dialogue.teacher import ScriptedTeacher
 
 
 @pytest.fixture(scope="module")
@@ -38,27 +40,6 @@ def replay(tok, model, turns):
     def script(prompt):
         return turns[prompt.count("<|im_start|>assistant") - 1]
     return ReplayStudent(tok, model, script)
-
-
-# --- labels ---------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("text,label", [
-    ("3 + 4 = 7\n7 * 5 = 35\nThe answer is 35.", "attempt"),
-    ("I think it is 12", "attempt"),
-    ("What is step 2?", "question"),
-    ("Is the answer 35? The answer is 35.", "attempt"),
-    ("hmm", "other"),
-])
-def test_math_turn_labels(text, label):
-    assert classify(text, math_task()) == label
-
-
-def test_code_turn_labels():
-    task = toy_code.generate(1, 0)[0]
-    assert classify("```python\ndef f(x):\n    return x\n```", task) == "attempt"
-    assert classify("def f(x): return 1", task) == "attempt"
-    assert classify("Which steps does f apply?", task) == "question"
-    assert classify("ok", task) == "other"
 
 
 # --- the engine on hand-written transcripts ---------------------------------------------------------
@@ -133,18 +114,7 @@ def test_bad_settings_are_named(tok, model):
         ScriptedTeacher(feedback="verdict,praise")
 
 
-# --- leaks ----------------------------------------------------------------------------------------
-
-def test_leak_audit_catches_a_leaking_message():
-    task = math_task()
-    assert leaks("The answer is 35.", task)
-    assert leaks("Almost: it should come out as 35", task)
-    assert not leaks("Step 2: compute the result of step 1 * 5.", task)
-    assert not leaks("Your answer 34 is too low.", task)
-    code = toy_code.generate(1, 0)[0]
-    assert leaks("Write this:\n" + code["solution"], code)
-    assert not leaks("It passes 2 of 5 tests.", code)
-
+# --- leaking teachers -----------------------------------------------------------------------------
 
 def test_a_leaking_teacher_is_caught_and_blocked(tok, model):
     task = math_task()

@@ -15,7 +15,8 @@ import torch
 from sml.train.base_model import build_model, train_tokenizer
 from sml.dialogue.llm_teacher import RULE, HFTeacher, OpenAITeacher, build_messages, make_teacher
 from sml.tasks import toy_code, toy_math
-from sml.dialogue.teacher import ScriptedTeacher, TeacherView, private_knowledge
+from sml.dialogue.environment import TeacherView
+from sml.dialogue.teacher import ScriptedTeacher, private_knowledge
 from sml.verify import verify
 
 

@@ -10,7 +10,8 @@ from sml.evaluation import transcripts
 from sml.dialogue.engine import run_dialogues
 from sml.train.qprime import Injection, injection_probability, template_question
 from sml.tasks import toy_code
-from sml.dialogue.teacher import ScriptedTeacher, TeacherView, classify, leaks
+from sml.dialogue.environment import TeacherView, classify, leaks
+from sml.dialogue.teacher import ScriptedTeacher
 from test_dialogue import math_task, model, replay, tok  # noqa: F401 (model, tok: shared fixtures)
 
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from sml import sandbox
-from sml.dialogue.engine import Dialogue, Judge
+from sml.dialogue.environment import Dialogue, Judge
 from sml.verify import code as code_verifier
 
 pytestmark = pytest.mark.usefixtures("strong_sandbox")

@@ -10,7 +10,7 @@ import pytest
 from sml.evaluation.strategies import DEFINITIONS, LABEL_OF, STRATEGIES, StrategyClassifier, build_messages, make_classifier, \
     parse_strategy
 from sml.tasks import toy_code, toy_math
-from sml.dialogue.teacher import LABELS, classify
+from sml.dialogue.environment import LABELS, classify
 from local_server import JSONHandler, serve
 
 

@@ -13,7 +13,7 @@ from sml import resume
 from sml.dialogue.llm_teacher import OpenAITeacher
 from sml.dialogue.student import Student
 from sml.tasks import toy_math
-from sml.dialogue.teacher import TeacherView
+from sml.dialogue.environment import TeacherView
 from local_server import JSONHandler, serve
 from tiny_models import tiny_model, tiny_tokenizer
 

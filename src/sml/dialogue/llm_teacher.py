@@ -17,7 +17,8 @@ from pathlib import Path
 
 from sml.dialogue import openai_api
 from sml.tasks.schema import prompt_for
-from sml.dialogue.teacher import ScriptedTeacher, Teacher, TeacherView, private_knowledge
+from sml.dialogue.environment import TeacherView
+from sml.dialogue.teacher import ScriptedTeacher, Teacher, private_knowledge
 
 KINDS = ("scripted", "hf", "openai")
 

@@ -1,42 +1,27 @@
 """The teacher: sees the task, its private knowledge and the public dialogue; writes the next message.
 
-The environment (``sml.dialogue.engine``) judges every student turn first: it labels it (answer attempt,
-question, other), runs the verifier on attempts and decides which shard, if any, this reply must
-reveal. A teacher only turns that judgement into words, so every teacher backend (scripted here,
-LLM in ``sml.dialogue.llm_teacher``) gives feedback grounded in the same facts.
+The environment (``sml.dialogue.environment``) judges every student turn first: it labels it (answer
+attempt, question, other), runs the verifier on attempts and decides which shard, if any, this reply
+must reveal. A teacher only turns that judgement (a ``TeacherView``) into words, so every teacher
+backend (scripted here, LLM in ``sml.dialogue.llm_teacher``) gives feedback grounded in the same facts.
 
 The scripted teacher is the default: deterministic, local, free, and it never states the final
-answer unless ``reveal_answer`` is set. ``leaks`` audits every teacher message for the answer.
+answer unless ``reveal_answer`` is set (it drops any part of a reply that the leak audit flags).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from fractions import Fraction
 
+from sml.dialogue.environment import STEP_REF, TeacherView, leaks
 from sml.tasks.schema import metadata, prompt_for
 from sml.tasks.toy_math import format_number, steps_of
-from sml.verify.math import ANY_NUMBER, extract_answer, parse_number
+from sml.verify.math import parse_number
 
-LABELS = ("attempt", "question", "other")
 FEEDBACK_KINDS = ("verdict", "direction", "step", "tests")
-_CODE_START = re.compile(r"```|^\s*(?:def|class|import|from)\s", re.MULTILINE)
-_ANSWER_MARKER = re.compile(r"answer\s*(?:is|:|=)|\\boxed\{", re.IGNORECASE)
-_STEP_REF = re.compile(r"\bsteps?\s+(\d+)", re.IGNORECASE)
 _TEST_CALL = re.compile(r"assert\s+(.+?)\s*==", re.DOTALL)
 _EQUATION = re.compile(r"(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)|-\(\s*(-?\d+)\s*\)\s*=\s*(-?\d+)")
-
-
-def classify(text: str, task: dict) -> str:
-    """Label a student turn: ``attempt`` (states an answer / writes code), ``question`` or ``other``."""
-    if task["domain"] == "code":
-        if _CODE_START.search(text):
-            return "attempt"
-        return "question" if "?" in text else "other"
-    if "?" in text and not _ANSWER_MARKER.search(text):
-        return "question"
-    return "attempt" if extract_answer(text) is not None else "other"
 
 
 def parse_feedback_kinds(kinds: str | list[str]) -> list[str]:
@@ -48,62 +33,7 @@ def parse_feedback_kinds(kinds: str | list[str]) -> list[str]:
     return kinds
 
 
-# --- leak audit -------------------------------------------------------------------------------------
-
-def _normalise_code(line: str) -> str:
-    return re.sub(r"\s+", "", line)
-
-
-def _solution_lines(solution: str) -> list[str]:
-    """The lines that make up a reference solution's body (no ``def``, blanks, comments or docstrings)."""
-    body = re.sub(r'("""|\'\'\')(?:.|\n)*?\1', "", solution)
-    lines = [_normalise_code(l) for l in body.splitlines()]
-    return [l for l in lines if l and not l.startswith(("#", "def", "@"))]
-
-
-def leaks(message: str, task: dict) -> bool:
-    """Whether a teacher message gives the final answer away.
-
-    Math: the answer's value appears as a number in the message, once the task's own statement
-    (prompt, shards) and step references ("step 2") are set aside. Code: every line of the
-    reference solution's body appears in the message.
-    """
-    if task["domain"] == "code":
-        lines = _solution_lines(task["solution"])
-        if not lines:
-            return False
-        said = _normalise_code(message)
-        return all(line in said for line in lines)
-    answer = parse_number(task["answer"])
-    if answer is None:  # symbolic answers: the exact string
-        return task["answer"].strip() in message
-    text = message
-    for public in sorted([task["prompt"], *task["shards"]], key=len, reverse=True):
-        text = text.replace(public, " ")
-    text = _STEP_REF.sub(" ", text)
-    return any(parse_number(n) == answer for n in ANY_NUMBER.findall(text.replace("\u2212", "-")))
-
-
 # --- what a teacher sees ------------------------------------------------------------------------------
-
-@dataclass
-class TeacherView:
-    """Everything a teacher may use to write one reply.
-
-    ``label`` and ``check`` are the environment's judgement of the student's last turn (``check`` is the
-    verifier's report on an attempt, else ``None``); ``reveal`` is the shard text this reply must
-    reveal (sharded tasks), else ``None``; ``turn`` counts student turns so far (1-based).
-    """
-    task: dict
-    variant: str
-    messages: list[dict]
-    label: str
-    check: dict | None = None
-    reveal: str | None = None
-    turn: int = 1
-    hints_given: int = 0
-    hinted: bool = False  # set by a teacher that gave away a reference step (the engine counts them)
-
 
 def private_knowledge(view: TeacherView) -> str:
     """The teacher's privileged information as plain text (what an LLM teacher is prompted with)."""
@@ -259,7 +189,7 @@ class ScriptedTeacher(Teacher):
     def _answer_question(self, view: TeacherView) -> str:
         task, question = view.task, view.messages[-1]["content"]
         if task["domain"] == "math":
-            asked = _STEP_REF.search(question)
+            asked = STEP_REF.search(question)
             return (self._next_hint(view, int(asked.group(1)) if asked else None)
                     or "I can't tell you the answer, but you have everything you need.")
         tests = task["tests"]

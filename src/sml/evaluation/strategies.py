@@ -19,7 +19,7 @@ import json
 import re
 
 from sml.dialogue.llm_teacher import HFTeacher, LLMTeacher, OpenAITeacher
-from sml.dialogue.teacher import classify
+from sml.dialogue.environment import classify
 
 KINDS = ("rules", "hf", "openai")
 STRATEGIES = ("answer_attempt", "clarification", "interrogation", "discussion", "hedging", "refusal", "missing")

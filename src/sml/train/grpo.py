@@ -23,7 +23,8 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from sml import optional, resume
-from sml.dialogue.engine import Dialogue, run_dialogues
+from sml.dialogue.engine import run_dialogues
+from sml.dialogue.environment import Dialogue
 from sml.train.sft import inference_copy
 from sml.dialogue.student import Student
 

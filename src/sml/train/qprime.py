@@ -19,7 +19,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from sml.dialogue.teacher import _EQUATION, _TEST_CALL, TeacherView, classify, leaks, private_knowledge
+from sml.dialogue.environment import TeacherView, classify, leaks
+from sml.dialogue.teacher import _EQUATION, _TEST_CALL, private_knowledge
 from sml.tasks.schema import metadata
 from sml.tasks.toy_math import steps_of
 from sml.verify.math import parse_number
