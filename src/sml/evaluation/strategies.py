@@ -3,7 +3,7 @@
 
 The engine needs one of three labels per student turn (``attempt``, ``question``, ``other``): it
 decides whether the verifier runs, whether a shard is revealed, and it feeds the premature-answer and
-question rates. The rules in ``sml.dialogue.teacher.classify`` are right for the scripted toy setting, where
+question rates. The rules in ``sml.dialogue.environment.classify`` are right for the scripted toy setting, where
 answers end in "The answer is ..." and questions carry a "?". Real models hedge, ask without a
 question mark, or discuss the problem at length, and there the rules mislabel turns. This module asks
 an LLM for the finer strategy and maps it onto our three labels, reusing the teacher backends of
@@ -106,7 +106,7 @@ class StrategyClassifier:
 
 def make_classifier(p: dict) -> StrategyClassifier | None:
     """The classifier named by a ``classifier`` params section; ``None`` for ``kind: rules``, where
-    the engine keeps ``sml.dialogue.teacher.classify``."""
+    the engine keeps ``sml.dialogue.environment.classify``."""
     kind = p.get("kind", "rules")
     if kind not in KINDS:
         raise ValueError(f"classifier.kind: unknown kind {kind!r}; choose from {KINDS}")

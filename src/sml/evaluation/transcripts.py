@@ -38,7 +38,7 @@ FEATURES = datasets.Features({
 
 
 def record(d, gamma: float) -> dict:
-    """A finished ``engine.Dialogue`` as a transcript record."""
+    """A finished ``environment.Dialogue`` as a transcript record."""
     return {"id": f"{d.task['id']}#{d.sample}", "task_id": d.task["id"], "domain": d.task["domain"],
             "source": d.task["source"], "variant": d.variant, "sample": d.sample, "messages": d.messages,
             "labels": d.labels, "correct": d.correct, "premature": d.premature, "revealed": d.revealed,
