@@ -1,5 +1,5 @@
-"""The remote student (evaluation through an OpenAI-compatible server serving a LoRA adapter) against a
-real HTTP server on a free local port. The server speaks vLLM's API (``/v1/models``, ``/v1/completions``
+"""The remote student (evaluation and data collection through an OpenAI-compatible server serving a LoRA
+adapter) against a real HTTP server on a free local port. The server speaks vLLM's API (``/v1/models``, ``/v1/completions``
 with token-id prompts and ``return_token_ids``, ``/v1/load_lora_adapter``) and samples with our local
 ``Student``, so greedy dialogues through it must equal the same dialogues run in-process."""
 
@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from local_server import JSONHandler, serve
+from sml import resume
 from sml.evaluation import evaluate
 from sml.dialogue import openai_api
 from sml.train import sft
+from sml.train.qprime import Injection
 from sml.dialogue.engine import run_dialogues
 from sml.dialogue.remote_student import RemoteStudent, adapter_name
 from sml.dialogue.student import Student
@@ -146,3 +148,94 @@ def test_adapter_names_and_missing_url():
     assert adapter_name("/abs/out/models/st_rl/code_s2/") == "st_rl-code_s2"
     with pytest.raises(ValueError, match="generation.eval_base_url: required"):
         RemoteStudent.load("models/base_student", base_url="")
+
+
+# ---- data collection (offline SML, Q-priming): generation.eval reaches the rollouts too ----
+
+COLLECT = dict(max_turns=3, temperature=0.0, max_new_tokens=12, batch_size=4, samples_per_task=2, gamma=0.7,
+               progress=False)
+
+
+def collecting_model(checkpoint):
+    """The training model of a collection stage: the student as loaded, with a fresh LoRA adapter."""
+    base = Student.load(str(checkpoint / "base"), dtype="float32", device="cpu")
+    return sft.add_adapter(base.model, r=4, alpha=8, seed=0), base.tokenizer
+
+
+def collect(student, tasks, **extra):
+    return resume.dialogues(tasks, student, ScriptedTeacher(), seed=1000, **COLLECT, **extra)
+
+
+def test_collection_with_a_fresh_adapter_samples_the_served_base(checkpoint, server, tmp_path):
+    """Round 1 of offline SML and the Q-priming data: the adapter changes nothing yet, so the server's base
+    model samples (no adapter is saved or registered), exactly as in-process collection does."""
+    model, tokenizer = collecting_model(checkpoint)
+    tasks = toy_math.generate(4, 11)
+    remote = sft.rollout_student(model, tokenizer, str(checkpoint / "base"), backend="openai", base_url=server,
+                                 adapter_dir=tmp_path / "round1")
+    assert remote.served_model == str(checkpoint / "base") and not (tmp_path / "round1").exists()
+    local = sft.rollout_student(model, tokenizer, str(checkpoint / "base"), backend="local")
+    assert collect(remote, tasks)["messages"] == collect(local, tasks)["messages"]
+    assert [path for path, _ in VLLMLike.requests if path != "/v1/completions"] == []
+    # Q-priming: the student's own questions go through the server too
+    through_server, in_process = Injection(source="model"), Injection(source="model")
+    asked = collect(remote, tasks, inject=through_server)
+    assert asked["messages"] == collect(local, tasks, inject=in_process)["messages"]
+    assert through_server.counts == in_process.counts and through_server.counts["injected"] > 0
+
+
+def test_later_rounds_sample_the_adapter_just_trained_through_the_server(checkpoint, server, tmp_path):
+    """Offline SML round 2 on: the trained adapter is saved under the stage's work folder, registered with the
+    server by name, and sampled there, exactly as the in-process merged copy samples."""
+    model, tokenizer = collecting_model(checkpoint)
+    with torch.no_grad():  # stands for a round of training: B leaves zero
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    assert sft.trained(model)
+    tasks = toy_math.generate(4, 12)
+    adapter_dir = tmp_path / "work" / "sml_offline-math_s0-round2"
+    remote = sft.rollout_student(model, tokenizer, str(checkpoint / "base"), backend="openai", base_url=server,
+                                 adapter_dir=adapter_dir)
+    assert (adapter_dir / "adapter_config.json").exists()
+    assert remote.served_model == "work-sml_offline-math_s0-round2"
+    assert ("/v1/load_lora_adapter", {"lora_name": "work-sml_offline-math_s0-round2",
+                                      "lora_path": str(adapter_dir.resolve())}) in VLLMLike.requests
+    local = sft.rollout_student(model, tokenizer, str(checkpoint / "base"), backend="local")
+    base = sft.rollout_student(sft.add_adapter(Student.load(str(checkpoint / "base"), dtype="float32").model, r=4,
+                                               alpha=8, seed=0), tokenizer, str(checkpoint / "base"))
+    through_server = collect(remote, tasks)
+    assert through_server["messages"] == collect(local, tasks)["messages"]
+    assert through_server["messages"] != collect(base, tasks)["messages"]  # the adapter, not the base, answered
+    assert {body["model"] for path, body in VLLMLike.requests if path == "/v1/completions"} == \
+        {"work-sml_offline-math_s0-round2"}
+
+
+class NoRuntimeLoRA(VLLMLike):
+    """``vllm serve`` without VLLM_ALLOW_RUNTIME_LORA_UPDATING: no /load_lora_adapter route."""
+
+    def do_POST(self):
+        if self.path == "/v1/load_lora_adapter":
+            self.rfile.read(int(self.headers["Content-Length"]))
+            return self.send(404, b'{"detail": "Not Found"}')
+        return super().do_POST()
+
+
+def test_a_server_that_cannot_load_the_trained_adapter_is_named_with_the_settings(checkpoint, tmp_path):
+    NoRuntimeLoRA.base = str(checkpoint / "base")
+    NoRuntimeLoRA.students = {NoRuntimeLoRA.base: Student.load(NoRuntimeLoRA.base, dtype="float32", device="cpu")}
+    server, url = serve(NoRuntimeLoRA)
+    try:
+        model, tokenizer = collecting_model(checkpoint)
+        with torch.no_grad():
+            next(p for n, p in model.named_parameters() if "lora_B" in n).fill_(0.1)
+        with pytest.raises(RuntimeError, match=r"generation.eval 'openai' with offline_sml.rounds > 1: .*HTTP 404.*"
+                                               r"VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"):
+            sft.rollout_student(model, tokenizer, NoRuntimeLoRA.base, backend="openai", base_url=url,
+                                adapter_dir=tmp_path / "round2")
+        with pytest.raises(ValueError, match="pass an adapter_dir"):
+            sft.rollout_student(model, tokenizer, NoRuntimeLoRA.base, backend="openai", base_url=url)
+        with pytest.raises(ValueError, match="generation.eval: must be one of"):
+            sft.rollout_student(model, tokenizer, NoRuntimeLoRA.base, backend="vllm")
+    finally:
+        server.shutdown()

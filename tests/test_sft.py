@@ -143,3 +143,37 @@ def test_a_saved_student_encodes_text_like_the_tokenizer_it_was_trained_with(tok
     assert student.encode(text) == tok(text, add_special_tokens=False)["input_ids"]
     assert student.tokenizer.apply_chat_template([{"role": "user", "content": text}]) == \
         tok.apply_chat_template([{"role": "user", "content": text}])
+
+
+def test_training_precision_follows_the_student_dtype(tok, tmp_path):
+    """bf16 mixed precision exactly when the student is loaded as bfloat16 (student.dtype), fp32 otherwise,
+    as GRPO derives it (notebooks: ``bf16=dtype == "bfloat16"``); pretraining and every SFT condition share it."""
+    for dtype in ("float32", "bfloat16", "float16", "auto"):
+        assert sft.uses_bf16(dtype) == (dtype == "bfloat16")
+    assert sft.uses_bf16(torch.bfloat16) and not sft.uses_bf16(torch.float32)
+    common = dict(epochs=1, batch_size=2, lr=1e-3, seed=0)
+    bf16 = sft.sft_config(str(tmp_path / "bf16"), **common, bf16=sft.uses_bf16("bfloat16"))
+    fp32 = sft.sft_config(str(tmp_path / "fp32"), **common, bf16=sft.uses_bf16("float32"))
+    assert (bf16.bf16, bf16.fp16) == (True, False)
+    assert (fp32.bf16, fp32.fp16) == (False, False)
+    if not torch.cuda.is_available():  # CPU-only: bf16 runs under the CPU's autocast (transformers needs use_cpu)
+        assert bf16.use_cpu and not fp32.use_cpu
+    # sft.train and pretrain.pretrain read it off the model: its frozen weights (the adapter trains in fp32)
+    assert not sft.uses_bf16(sft.add_adapter(tiny_model(tok), r=2, alpha=4))
+    assert sft.uses_bf16(sft.add_adapter(tiny_model(tok).to(torch.bfloat16), r=2, alpha=4))
+    assert sft.uses_bf16(tiny_model(tok).to(torch.bfloat16))  # pretraining: every weight trains
+
+
+@pytest.mark.slow
+def test_a_bfloat16_student_finetunes_in_bf16(tok, tmp_path, monkeypatch):
+    """``sft.train`` on a bfloat16 student, two optimiser steps (the first is warm-up, at lr 0): the trainer
+    runs with bf16 (on a CPU-only machine under the CPU's autocast) and the adapter learns."""
+    seen = {}
+    original = sft.sft_config
+    monkeypatch.setattr(sft, "sft_config", lambda *a, **k: seen.setdefault("config", original(*a, **k)))
+    model = sft.add_adapter(tiny_model(tok).to(torch.bfloat16), r=2, alpha=4, seed=0)
+    before = {k: v.detach().clone() for k, v in model.named_parameters() if "lora_B" in k}
+    history = sft.train(model, tok, sft.single_turn(toy_math.generate(8, 0), 8, seed=0), str(tmp_path), epochs=1,
+                        batch_size=4, lr=1e-2, seed=0)
+    assert seen["config"].bf16 and any("loss" in h for h in history)
+    assert any(not torch.equal(before[k], v) for k, v in model.named_parameters() if k in before)

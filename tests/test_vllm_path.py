@@ -95,3 +95,29 @@ def test_the_rollout_samples_through_the_trainers_vllm(local):
     out = rollout([t["prompt"] for t in tasks for _ in range(2)], trainer)
     assert len(out["completion_ids"]) == 4 and stand_in.calls[0] == 4
     assert all(len(m) == len(c) for m, c in zip(out["env_mask"], out["completion_ids"]))
+
+
+def test_the_scale_settings_reach_every_stage_that_samples_or_trains():
+    """dvc.yaml passes where to sample and the student's dtype to every stage that needs them: GRPO rollouts
+    (generation.grpo), every other sampling, evaluation and data collection alike (generation.eval), and the
+    precision of every training stage (student.dtype: SFT and GRPO train in bf16 exactly when it is bfloat16)."""
+    from pathlib import Path
+
+    import yaml
+
+    stages = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
+    notebook = {name: re.search(r"notebooks/(\w+)\.ipynb", s["cmd"]).group(1) for name, s in stages.items()
+                if "papermill" in s["cmd"]}
+    reads = {
+        "-p eval_backend ${generation.eval}": {"03_baseline_dialogues", "04_offline_sml", "07_q_priming",
+                                               "08_evaluate"},
+        "-p generation ${generation.grpo}": {"05_online_sml", "06_single_turn_baselines", "07_q_priming"},
+        "-p dtype ${student.dtype}": {"03_baseline_dialogues", "04_offline_sml", "05_online_sml",
+                                      "06_single_turn_baselines", "07_q_priming", "08_evaluate", "09_loss_diagnostic"},
+        '-p student_model "${student.model}"': {"02_base_student"},
+    }
+    for passed, notebooks in reads.items():
+        assert {notebook[name] for name in notebook if passed in stages[name]["cmd"]} == notebooks, passed
+    for name in notebook:
+        if notebook[name] in reads["-p eval_backend ${generation.eval}"]:
+            assert "src/sml/dialogue/remote_student.py" in stages[name]["deps"], name

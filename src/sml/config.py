@@ -311,12 +311,13 @@ _TRAINING = {"out_root": _string(False), **_STUDENT, "train_domain": _choice(*DO
 
 NOTEBOOKS = {
     "01_tasks": {"out_root": _string(False), **{k: f"tasks.{k}" for k in SCHEMA["tasks"]}},
-    "02_base_student": {"out_root": _string(False), **_CHECKPOINT,
+    "02_base_student": {"out_root": _string(False), "student_model": "student.model", **_CHECKPOINT,
                         **{k: f"base_student.{k}" for k in SCHEMA["base_student"]}, **_GENERATORS,
                         "code_max_steps_tasks": "tasks.code_max_steps"},
     "03_baseline_dialogues": {"out_root": _string(False), **_CHUNK, **_STUDENT, "adapter": _string(), **_REMOTE,
                               **_EVALUATION},
-    "04_offline_sml": {**_TRAINING, **_CHUNK, **_CHECKPOINT, **{k: f"offline_sml.{k}" for k in SCHEMA["offline_sml"]},
+    "04_offline_sml": {**_TRAINING, **_REMOTE, **_CHUNK, **_CHECKPOINT,
+                       **{k: f"offline_sml.{k}" for k in SCHEMA["offline_sml"]},
                        "max_turns": "dialogue.train_turns", **_DIALOGUE, **_TEACHER, **_LORA, **_SFT},
     "05_online_sml": {**_TRAINING, **_VLLM, **_CHECKPOINT, **{k: f"online_sml.{k}" for k in SCHEMA["online_sml"]},
                       "max_turns": "dialogue.train_turns", **_DIALOGUE, **_TEACHER, **_LORA},
@@ -327,7 +328,7 @@ NOTEBOOKS = {
         "n_examples": _int(0), **_SFT, "steps": "online_sml.steps", "tasks_per_step": "online_sml.tasks_per_step",
         "group_size": "st_rl.group_size", "rl_lr": "online_sml.lr", "beta": "online_sml.beta",
         "micro_batch": "online_sml.micro_batch", **_DIALOGUE, **_TEACHER},
-    "07_q_priming": {**_TRAINING, **_VLLM, **_CHUNK, **_CHECKPOINT,
+    "07_q_priming": {**_TRAINING, **_REMOTE, **_VLLM, **_CHUNK, **_CHECKPOINT,
                      **{k: f"q_priming.{k}" for k in SCHEMA["q_priming"]},
                      "max_turns": "dialogue.train_turns", **_DIALOGUE, **_TEACHER, **_LORA, **_SFT,
                      **{k: f"online_sml.{k}"

@@ -1,7 +1,8 @@
 """The student served by an OpenAI-compatible server (e.g. ``vllm serve <model> --enable-lora``), for
-evaluation at scale: the engine keeps the conversations as token ids exactly as with a local ``Student``
-(the tokenizer is loaded locally), and each turn is one POST ``{base_url}/completions`` per batch with the
-prompts as token ids, so the server never re-renders the chat template.
+evaluation and data collection at scale (``generation.eval``, see ``load_student``): the engine keeps the
+conversations as token ids exactly as with a local ``Student`` (the tokenizer is loaded locally), and each
+turn is one POST ``{base_url}/completions`` per batch with the prompts as token ids, so the server never
+re-renders the chat template.
 
 A LoRA adapter is served by name: ``RemoteStudent.load(..., adapter=path)`` registers it with the server
 (vLLM's ``/load_lora_adapter``, which needs ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``, and a path the server
@@ -18,6 +19,22 @@ import torch
 
 from sml.dialogue import openai_api
 from sml.dialogue.student import Student, load_tokenizer
+
+BACKENDS = ("local", "openai")
+
+
+def load_student(model: str, adapter: str | None = None, *, backend: str = "local", base_url: str = "",
+                 api_key_env: str = "OPENAI_API_KEY", dtype: str = "float32", served_name: str | None = None):
+    """The student that samples dialogues outside GRPO (evaluation, offline SML and Q-priming data
+    collection; params ``generation.eval``): in-process (``local``: the adapter merged into the weights) or
+    served by an OpenAI-compatible server such as ``vllm serve <model> --enable-lora`` (``openai``: the
+    adapter by name, ``served_name`` or one made from its path, registered with the server if needed)."""
+    if backend == "openai":
+        return RemoteStudent.load(model, adapter or None, base_url=base_url, api_key_env=api_key_env,
+                                  served_name=served_name)
+    if backend != "local":
+        raise ValueError(f"generation.eval: must be one of {BACKENDS}, got {backend!r}")
+    return Student.load(model, adapter=adapter or None, dtype=dtype)
 
 
 class RemoteStudent(Student):

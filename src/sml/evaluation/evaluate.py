@@ -7,22 +7,8 @@ import pandas as pd
 
 from sml import resume
 from sml.evaluation import transcripts
-from sml.dialogue.student import Student
-
-BACKENDS = ("local", "openai")
-
-
-def load_student(model: str, adapter: str | None = None, *, backend: str = "local", base_url: str = "",
-                 api_key_env: str = "OPENAI_API_KEY", dtype: str = "float32"):
-    """The student to evaluate: in-process (``local``: the adapter merged into the weights) or served by an
-    OpenAI-compatible server such as ``vllm serve <model> --enable-lora`` (``openai``: the adapter by name,
-    see ``sml.dialogue.remote_student``)."""
-    if backend == "openai":
-        from sml.dialogue.remote_student import RemoteStudent
-        return RemoteStudent.load(model, adapter or None, base_url=base_url, api_key_env=api_key_env)
-    if backend != "local":
-        raise ValueError(f"generation.eval: must be one of {BACKENDS}, got {backend!r}")
-    return Student.load(model, adapter=adapter or None, dtype=dtype)
+# the student to evaluate, in-process or served (generation.eval): shared with data collection (sft.rollout_student)
+from sml.dialogue.remote_student import BACKENDS, load_student  # noqa: F401
 
 
 def evaluate(student, teacher, tasks, *, condition: str, train_domain: str, variant: str, seed: int,

@@ -5,17 +5,49 @@ prompt of the task sets' train and eval splits removed, so the student has seen 
 will be trained on in dialogue nor the held-out ones. Answers are what a student should write in one
 turn: the worked steps and "The answer is N." (math), a fenced Python function (code). It never sees
 a second turn, so it has never seen feedback.
+
+The ``base_student`` stage builds it only when it is the pipeline's student (``student.model`` is
+``EMBEDDED``); under any other student (a real profile) it writes placeholders instead (``write_skipped``).
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path, PurePosixPath
 
 import datasets
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
 from sml import resume
-from sml.train.sft import chat, sft_config
+from sml.train.sft import chat, sft_config, uses_bf16
 from sml.tasks import toy_code, toy_math
+
+
+EMBEDDED = "models/base_student"  # student.model of the embedded default, as the base_student stage writes it
+
+
+def builds_embedded(student_model: str) -> bool:
+    """Whether the base_student stage builds the embedded student: only when ``student.model`` names it
+    (``models/base_student``, however spelled: ``./models/base_student/``). Any other student is loaded
+    by every stage as it is, and the tiny model would be built for nothing."""
+    return PurePosixPath(str(student_model).replace("\\", "/")) == PurePosixPath(EMBEDDED)
+
+
+def write_skipped(out_root, student_model: str) -> dict:
+    """The base_student stage's outputs when it builds nothing: ``models/base_student`` holding only a note
+    (DVC needs the folder; no stage reads it then) and ``metrics/base_student.json`` saying it was skipped
+    and why. Returns the metrics."""
+    out_root = Path(out_root)
+    reason = (f"student.model is {student_model!r}, not the embedded {EMBEDDED!r}: no stage uses the embedded "
+              "student, so it was not built")
+    model_dir = out_root / EMBEDDED
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "SKIPPED.md").write_text(f"Not built: {reason}.\n")
+    metrics = {"skipped": True, "student": student_model, "reason": reason}
+    (out_root / "metrics").mkdir(parents=True, exist_ok=True)
+    (out_root / "metrics" / "base_student.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
 
 
 def corpus(n_per_domain: int, seed: int, tasks_params: dict, exclude: set[str],
@@ -74,7 +106,8 @@ def pretrain(model, tokenizer, train: datasets.Dataset, out_dir: str, *, epochs:
     return the trainer's log history. With ``checkpoint_steps``, checkpoints go to ``out_dir`` and a rerun
     resumes from the newest."""
     config = sft_config(out_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                        logging_steps=logging_steps, max_length=512, checkpoint_steps=checkpoint_steps)
+                        logging_steps=logging_steps, max_length=512, checkpoint_steps=checkpoint_steps,
+                        bf16=uses_bf16(model))
     trainer = SFTTrainer(model=model, args=config, train_dataset=train.remove_columns(["domain"]),
                          processing_class=tokenizer, callbacks=resume.with_replay(callbacks))
     resume.train(trainer, out_dir if checkpoint_steps else None)

@@ -6,12 +6,17 @@
   exactly those).
 - ``st_sft`` trains on the same kind of task as one-turn problem -> reference answer chats, with the same
   number of examples and the same LoRA and optimiser settings.
+
+Training runs in bf16 mixed precision when the student's weights are bfloat16 (``student.dtype``), in fp32
+otherwise (``uses_bf16``). The dialogues to learn from are sampled in-process or by an OpenAI-compatible
+server, as evaluation's are (``generation.eval``; ``rollout_student``).
 """
 
 from __future__ import annotations
 
 import copy
 import random
+from pathlib import Path
 
 import datasets
 import torch
@@ -19,6 +24,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from trl import SFTConfig, SFTTrainer
 
 from sml import resume
+from sml.dialogue.remote_student import adapter_name, load_student
+from sml.dialogue.student import Student
 from sml.tasks.build import load_tasks
 
 
@@ -33,17 +40,44 @@ def chat(task: dict) -> list[dict]:
     return [{"role": "user", "content": task["prompt"]}, {"role": "assistant", "content": answer_of(task)}]
 
 
+def uses_bf16(model_or_dtype) -> bool:
+    """Whether training runs in bf16 mixed precision: exactly when the student's weights are bfloat16 (a model,
+    whose frozen weights decide, a torch dtype or a ``student.dtype`` name), as the notebooks set it for GRPO
+    (``bf16=dtype == "bfloat16"``); fp32 otherwise. From a model, ``auto`` counts as what the checkpoint holds."""
+    if isinstance(model_or_dtype, (str, torch.dtype)):
+        return str(model_or_dtype).removeprefix("torch.") == "bfloat16"
+    params = list(model_or_dtype.parameters())
+    frozen = {p.dtype for p in params if not p.requires_grad} or {p.dtype for p in params}
+    return torch.bfloat16 in frozen
+
+
+def precision(bf16: bool) -> dict:
+    """Trainer arguments for bf16 mixed precision (or none: fp32). Without a GPU, bf16 runs under the CPU's
+    autocast (``use_cpu``; transformers refuses bf16 on a CPU-only machine otherwise); a GPU without bf16 is
+    a clear error."""
+    if not bf16:
+        return {"bf16": bf16}
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+    if is_torch_bf16_gpu_available() or is_torch_xla_available():
+        return {"bf16": True}
+    if torch.cuda.is_available():
+        raise ValueError("student.dtype 'bfloat16': this GPU has no bf16 support; use float32 (or float16 weights)")
+    return {"bf16": True, "use_cpu": True}
+
+
 def sft_config(out_dir: str, *, epochs: float, batch_size: int, lr: float, seed: int, logging_steps: int = 10,
-               scheduler: str = "cosine", max_length: int = 2048, checkpoint_steps: int = 0) -> SFTConfig:
-    """The SFTTrainer settings shared by pretraining and both finetuning conditions (CPU-friendly: no
-    bf16, no gradient checkpointing; loss on the student's tokens only), with a checkpoint in ``out_dir``
-    every ``checkpoint_steps`` steps (0: none)."""
+               scheduler: str = "cosine", max_length: int = 2048, checkpoint_steps: int = 0,
+               bf16: bool = False) -> SFTConfig:
+    """The SFTTrainer settings shared by pretraining and both finetuning conditions (no gradient
+    checkpointing; loss on the student's tokens only; bf16 mixed precision with ``bf16``, see ``uses_bf16``),
+    with a checkpoint in ``out_dir`` every ``checkpoint_steps`` steps (0: none)."""
     return SFTConfig(
         output_dir=out_dir, num_train_epochs=epochs, per_device_train_batch_size=batch_size, learning_rate=lr,
         lr_scheduler_type=scheduler, warmup_steps=0.05, weight_decay=0.01, logging_steps=logging_steps,
-        report_to="none", seed=seed, data_seed=seed, bf16=False, gradient_checkpointing=False,
+        report_to="none", seed=seed, data_seed=seed, gradient_checkpointing=False,
         assistant_only_loss=True, max_length=max_length, dataset_num_proc=None, disable_tqdm=False,
-        **resume.checkpointing(checkpoint_steps))
+        **precision(bf16), **resume.checkpointing(checkpoint_steps))
 
 
 def add_adapter(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0, seed: int = 0) -> PeftModel:
@@ -67,6 +101,47 @@ def inference_copy(model):
         # keeps that closure, so the copy would silently run the unmerged live model instead of itself.
         module.__dict__.pop("forward", None)
     return merged
+
+
+def trained(model) -> bool:
+    """Whether ``model``'s LoRA adapter has learned anything: a fresh one (every ``lora_B`` zero) leaves the
+    base model's outputs unchanged."""
+    return any(bool(p.detach().abs().max() > 0) for name, p in model.named_parameters() if "lora_B" in name)
+
+
+def rollout_student(model, tokenizer, model_path: str, *, backend: str = "local", base_url: str = "",
+                    api_key_env: str = "OPENAI_API_KEY", adapter_dir=None):
+    """The student that collects training dialogues (offline SML, Q-priming) with ``model`` as it is now,
+    sampled where evaluation samples (``generation.eval``):
+
+    - ``local``: in-process, a copy of ``model`` with its adapter merged (``inference_copy``);
+    - ``openai``: the OpenAI-compatible server at ``base_url``, which serves the student ``model_path``.
+      While the adapter is fresh (``trained``: it changes nothing), the server's base model samples. Once
+      trained (offline SML from round 2 on), the adapter is saved to ``adapter_dir`` and registered with
+      the server under a name made from that path (vLLM: ``--enable-lora``, a ``--max-lora-rank`` of at
+      least ``finetune.lora_r``, ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``, and ``adapter_dir`` on a
+      file system the server can read)."""
+    if backend == "local":
+        return Student(inference_copy(model), tokenizer)
+    adapter = None
+    if backend == "openai" and isinstance(model, PeftModel) and trained(model):
+        if adapter_dir is None:
+            raise ValueError("rollout_student: the adapter has been trained, so the server must serve it: pass an "
+                             "adapter_dir to save it to")
+        adapter = Path(adapter_dir).resolve()
+        model.save_pretrained(adapter)
+    try:
+        return load_student(model_path, adapter and str(adapter), backend=backend, base_url=base_url,
+                            api_key_env=api_key_env)
+    except (RuntimeError, OSError) as e:
+        if adapter is None:
+            raise
+        raise RuntimeError(
+            f"generation.eval 'openai' with offline_sml.rounds > 1: from round 2 on, dialogues are sampled from the "
+            f"adapter trained so far, so the server at {base_url} must load it, as {adapter_name(adapter)!r} from "
+            f"{adapter}, and it could not ({e}). Serve the student with --enable-lora, --max-lora-rank >= "
+            "finetune.lora_r and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True on a machine that can read that folder, or "
+            "set offline_sml.rounds 1 or generation.eval local") from e
 
 
 def training_tasks(task_dir, source: str, n_tasks: int, seed: int) -> datasets.Dataset:
@@ -99,13 +174,16 @@ def single_turn(tasks, n: int, seed: int) -> datasets.Dataset:
 
 
 def train(model, tokenizer, data: datasets.Dataset, out_dir: str, *, epochs: float, batch_size: int, lr: float,
-          seed: int, callbacks=(), logging_steps: int = 1, checkpoint_steps: int = 0) -> list[dict]:
+          seed: int, callbacks=(), logging_steps: int = 1, checkpoint_steps: int = 0,
+          bf16: bool | None = None) -> list[dict]:
     """Train ``model`` (a PEFT model: only the adapter learns) on the chats in ``data``; return the log.
-    With ``checkpoint_steps``, checkpoints go to ``out_dir`` and a rerun resumes from the newest."""
+    With ``checkpoint_steps``, checkpoints go to ``out_dir`` and a rerun resumes from the newest. ``bf16``
+    (None: ``uses_bf16(model)``, so bf16 exactly when the student was loaded as bfloat16) picks the precision."""
     if len(data) == 0:
         raise ValueError("sft.train: no training examples (did any dialogue succeed?)")
-    config = sft_config(out_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                        logging_steps=logging_steps, scheduler="constant_with_warmup", checkpoint_steps=checkpoint_steps)
+    config = sft_config(out_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, logging_steps=logging_steps,
+                        scheduler="constant_with_warmup", checkpoint_steps=checkpoint_steps,
+                        bf16=uses_bf16(model) if bf16 is None else bf16)
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
                          callbacks=resume.with_replay(callbacks))
     resume.train(trainer, out_dir if checkpoint_steps else None)
