@@ -221,3 +221,10 @@ def test_grpo_settings_are_checked_by_name(tok):
     with pytest.raises(ValueError, match="online_sml.credit"):
         grpo.train(None, tok, toy_math.generate(2, 0), ScriptedTeacher(), "/tmp/x", steps=1, tasks_per_step=1,
                    group_size=2, lr=1e-3, seed=0, max_turns=2, gamma=0.7, credit="token")
+
+
+def test_grpo_trains_in_bf16_exactly_when_asked(tmp_path):
+    """student.dtype bfloat16 -> bf16 mixed precision, as SFT (on a CPU-only machine through the CPU's autocast)."""
+    def config(bf16):
+        return grpo.grpo_config(str(tmp_path), steps=1, tasks_per_step=1, group_size=2, lr=1e-3, seed=0, bf16=bf16)
+    assert config(True).bf16 and not config(False).bf16

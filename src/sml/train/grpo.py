@@ -25,7 +25,7 @@ from trl import GRPOConfig, GRPOTrainer
 from sml import optional, resume
 from sml.dialogue.engine import run_dialogues
 from sml.dialogue.environment import Dialogue
-from sml.train.sft import inference_copy
+from sml.train.sft import inference_copy, precision
 from sml.dialogue.student import Student
 
 CREDIT = ("conversation", "turn")
@@ -207,7 +207,7 @@ def grpo_config(out_dir: str, *, steps: int, tasks_per_step: int, group_size: in
     return GRPOConfig(output_dir=out_dir, max_steps=steps, per_device_train_batch_size=batch,
                       gradient_accumulation_steps=tasks_per_step * group_size // batch,
                       num_generations=group_size, learning_rate=lr, beta=beta, lr_scheduler_type="constant",
-                      logging_steps=1, report_to="none", seed=seed, data_seed=seed, bf16=bf16,
+                      logging_steps=1, report_to="none", seed=seed, data_seed=seed, **precision(bf16),
                       gradient_checkpointing=False, disable_tqdm=False, **resume.checkpointing(checkpoint_steps),
                       **(vllm or {}))
 
