@@ -64,3 +64,34 @@ def test_transcript_paths_follow_the_evaluating_stages(tmp_path):
         tmp_path / "data" / "transcripts" / "base" / "code_full_s2"
     assert report.transcript_path(tmp_path, "st_rl", "math", "code", "sharded", 1) == \
         tmp_path / "data" / "transcripts" / "st_rl" / "math_s1" / "code_sharded"
+
+
+def test_as_text_marks_injected_questions_and_can_keep_long_turns():
+    qprimed = record(["The answer is 5.", "What is step 1?", "The answer is 4."], 3)
+    qprimed["injected"] = ["", "template", ""]
+    text = report.as_text(qprimed)
+    assert "STUDENT [question, injected: template]: What is step 1?" in text
+    assert "STUDENT [attempt, correct]: The answer is 4." in text and "STUDENT [attempt]: The answer is 5." in text
+    long = record(["x" * 500], 0)
+    assert report.as_text(long).endswith("x" * 400 + " ...\nTEACHER: That is not right.")
+    assert "x" * 500 in report.as_text(long, width=None) and "not solved" in report.as_text(long)
+
+
+def test_rate_rows_and_sharded_rates_are_long_tables():
+    intervals = pd.DataFrame([{"condition": "base", "train_domain": "none", "eval_domain": "math", "variant": "sharded",
+                               "premature_rate": 0.5, "premature_low": 0.3, "premature_high": 0.7,
+                               "question_rate": 0.1, "question_low": 0.0, "question_high": 0.2}])
+    rows = report.rate_rows(intervals)
+    assert rows[["metric", "value", "low", "high"]].values.tolist() == [["premature rate", 0.5, 0.3, 0.7],
+                                                                        ["question rate", 0.1, 0.0, 0.2]]
+    assert (rows["condition"] == "base").all()
+    summary = {"base": {"none->math sharded": {"premature_rate": 0.5, "premature_rate_ci": [0.3, 0.7],
+                                               "sr10": 0.2, "sr10_ci": [0.1, 0.4]},
+                        "none->math full": {"sr10": 0.9, "sr10_ci": [0.8, 1.0]}},
+               "sml_online": {"math->code sharded": {"sr10": 0.3, "sr10_ci": [0.2, 0.5]},  # cross-domain: left out
+                              "math->math sharded": {"question_rate": 0.25, "question_rate_ci": [0.1, 0.4]}}}
+    table = report.sharded_rates(summary, ["base", "sml_online", "st_rl"])
+    assert table.values.tolist() == [["base", "math", "premature rate", 0.5, 0.3, 0.7],
+                                     ["base", "math", "sharded SR@10", 0.2, 0.1, 0.4],
+                                     ["sml_online", "math", "question rate", 0.25, 0.1, 0.4]]
+    assert report.sharded_rates({}, ["base"]).empty

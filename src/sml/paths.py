@@ -1,4 +1,7 @@
-"""Where the repository is, whether we run from the repo root (papermill, DVC) or `notebooks/` (Jupyter)."""
+"""Where things are: the repository (whether we run from the repo root, as papermill and DVC do, or from
+`notebooks/` in Jupyter), a notebook's model, and the folders named in its parameters."""
+
+from __future__ import annotations
 
 from pathlib import Path
 
@@ -10,3 +13,23 @@ def repo_root(start: str | Path = ".") -> Path:
         if (path / "dvc.yaml").exists():
             return path
     raise FileNotFoundError(f"no dvc.yaml found at or above {here}: run from inside the repository")
+
+
+def model_path(out_root: str | Path, model: str) -> Path | str:
+    """Where a notebook's ``model`` parameter points: a path under ``out_root`` when one exists there
+    (``models/base_student``, what notebook 02 writes), else ``model`` as given (an HF model id or a
+    local path), unchanged."""
+    under = Path(out_root) / model
+    return under if under.exists() else model
+
+
+def section(settings: dict, prefix: str, out_root: str | Path, paths=("cache_dir",)) -> dict:
+    """A params.yaml section rebuilt from a notebook's flat parameters: ``teacher_kind``, ``teacher_model``,
+    ... -> ``{"kind": ..., "model": ...}`` (what ``make_teacher`` and ``make_classifier`` take). The keys in
+    ``paths`` are folders relative to ``out_root`` and come back resolved under it (as strings)."""
+    head = f"{prefix}_"
+    out = {name[len(head):]: value for name, value in settings.items() if name.startswith(head)}
+    for key in paths:
+        if key in out:
+            out[key] = str(Path(out_root) / out[key])
+    return out

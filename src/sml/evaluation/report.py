@@ -1,5 +1,6 @@
-"""What the report notebook (09) reads and tabulates: success curves with intervals, gains over the base,
-training curves, and transcripts picked for the gallery. Plotting stays in the notebook."""
+"""What the report notebook (10) reads and tabulates: success curves with intervals, gains over the base,
+sharded-task rates, training curves, and transcripts picked for the gallery (and printed, here and in the
+notebooks that show examples). The figures are drawn by ``sml.evaluation.plots``."""
 
 from __future__ import annotations
 
@@ -37,6 +38,34 @@ def gains_over_base(curves: pd.DataFrame) -> pd.DataFrame:
         ref = base.loc[(row.eval_domain, row.variant, row.turn)]
         gain, low, high = mover(row.success, (row.ci_low, row.ci_high), ref["success"], (ref["ci_low"], ref["ci_high"]))
         rows.append({**{k: getattr(row, k) for k in CELL}, "turn": row.turn, "gain": gain, "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows)
+
+
+def rate_rows(intervals: pd.DataFrame, rates=("premature", "question")) -> pd.DataFrame:
+    """Interval rows (one per cell, with ``<rate>_rate, <rate>_low, <rate>_high`` columns, as in
+    ``metrics/parts/intervals``) -> one row per cell and rate, in long form for ``plots.bar_panels``:
+    the cell's columns, then ``metric`` ("<rate> rate"), ``value``, ``low``, ``high``."""
+    return pd.concat([intervals.assign(metric=f"{rate} rate", value=intervals[f"{rate}_rate"],
+                                       low=intervals[f"{rate}_low"], high=intervals[f"{rate}_high"])
+                      for rate in rates], ignore_index=True)
+
+
+SHARDED_METRICS = (("premature rate", "premature_rate"), ("question rate", "question_rate"), ("sharded SR@10", "sr10"))
+
+
+def sharded_rates(summary: dict, conditions, domains=("math", "code")) -> pd.DataFrame:
+    """The in-domain sharded cells of ``metrics/summary.json`` in long form: ``condition, domain, metric,
+    value, low, high`` for each of ``SHARDED_METRICS`` the cell has (the base: its ``none-><domain>`` cell)."""
+    rows = []
+    for condition in conditions:
+        for domain in domains:
+            entry = summary.get(condition, {}).get(f"{'none' if condition == 'base' else domain}->{domain} sharded")
+            if entry is None:
+                continue
+            for metric, key in SHARDED_METRICS:
+                if key in entry:
+                    rows.append({"condition": condition, "domain": domain, "metric": metric, "value": entry[key],
+                                 "low": entry[f"{key}_ci"][0], "high": entry[f"{key}_ci"][1]})
     return pd.DataFrame(rows)
 
 
@@ -88,20 +117,25 @@ def gallery(data, per_kind: int = 1) -> list[tuple[str, dict]]:
     return picked
 
 
-def as_text(record, width: int = 400) -> str:
-    """A dialogue as plain text, each student turn with its label (long turns cut at ``width``)."""
+def as_text(record, width: int | None = 400) -> str:
+    """A dialogue as plain text, each student turn with its label, ``correct`` on the answer that solved
+    it and, in Q-priming data, where an injected question came from (long turns cut at ``width``; None:
+    never cut)."""
     status = f"solved at turn {record['solved_turn']}" if record["solved_turn"] else "not solved"
     lines = [f"--- {record['id']} ({record['variant']}), {status}"]
-    labels = iter(zip(record["labels"], record["correct"]))
+    tags = iter(zip(record["labels"], record["correct"], record.get("injected") or [""] * len(record["labels"])))
     for message in record["messages"]:
-        text = message["content"] if len(message["content"]) <= width else message["content"][:width] + " ..."
+        text = message["content"]
+        if width is not None and len(text) > width:
+            text = text[:width] + " ..."
         if message["role"] == "user":
             lines.append(f"TEACHER: {text}")
         else:
-            label, ok = next(labels)
-            lines.append(f"STUDENT [{label}{', correct' if ok else ''}]: {text}")
+            label, ok, how = next(tags)
+            lines.append(f"STUDENT [{label}{', correct' if ok else ''}{', injected: ' + how if how else ''}]: {text}")
     return "\n".join(lines)
 
 
 def load_cell(root, condition, train_domain, eval_domain, variant, seed):
+    """A cell's saved evaluation transcripts (see :func:`transcript_path`)."""
     return transcripts.load(transcript_path(root, condition, train_domain, eval_domain, variant, seed))
