@@ -34,7 +34,7 @@ test: setup
 
 # params.yaml is checked as a whole first (each stage also checks its own parameters before any work).
 repro: setup
-	PYTHONPATH=src $(BIN)/python -m sml.config params.yaml
+	PYTHONPATH=src $(BIN)/python -m sml.settings params.yaml
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 # Engine throughput vs raw batched generate and vs one dialogue at a time -> metrics/bench.json.

@@ -57,40 +57,44 @@ def declared(entry):
     return entry if isinstance(entry, str) else next(iter(entry))
 
 
-def test_stages_pass_only_known_parameters_and_declared_params():
-    """Each stage passes its notebook only parameters it has, and declares exactly the params.yaml keys
-    it reads (a whole section only when it reads all of it): changing one value reruns only the stages
-    that use it."""
+def reads(notebook, baseline=None):
+    """What a notebook reads of its settings: "section.key", or "section" for a section it passes on whole.
+    With ``baseline``, the cells of the other baseline (06: ``if baseline == ...``) are left out."""
+    cells = [c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"
+             and not (baseline and re.match(r'if baseline == "(?!%s")' % baseline, c.source))]
+    code = "\n".join(cells)
+    if baseline:  # `cfg.a if baseline == "sft" else cfg.b`: the stage's own branch
+        code = re.sub(r'(cfg\.\w+) if baseline == "(\w+)" else (cfg\.\w+)',
+                      lambda m: m.group(1) if m.group(2) == baseline else m.group(3), code)
+    found = re.findall(r"\bcfg\.(\w+)(?:\.(\w+))?", code)
+    return {f"{s}.{k}" if k else s for s, k in found if s not in ("dump", "show")}
+
+
+def test_stages_pass_only_the_settings_file_and_declare_what_their_notebook_reads():
+    """Each stage passes its notebook only the settings file (params.yaml), out_root and its matrix cell, and
+    declares the params.yaml keys the notebook reads: changing one value reruns the stages that use it."""
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for name, stage in dvc["stages"].items():
         cmd = stage["cmd"]
         assert cmd.startswith("PYTHONPATH=src "), f"stage {name}: prefix cmd with PYTHONPATH=src"
-        used = set(re.findall(r"\$\{(\w+)\.(\w+)\}", cmd)) - {("item", k) for k in stage.get("matrix", {})}
-        for section, key in used:
-            assert key in params[section], f"stage {name}: params.yaml lacks {section}.{key}"
         declared_params = {declared(p) for p in stage.get("params", [])}
-        whole = {p for p in declared_params if "." not in p}
-        assert all(set(params[section]) <= {k for s, k in used if s == section} for section in whole), \
-            f"stage {name}: declares a whole section it does not fully use"
-        assert {f"{s}.{k}" for s, k in used if s not in whole} | whole == declared_params, \
-            f"stage {name}: declared params differ from those its command uses"
+        for key in declared_params:
+            section, _, name_ = key.partition(".")
+            assert section in params and (not name_ or name_ in params[section]), f"stage {name}: no {key} to declare"
         notebook = re.search(r"papermill (\S+\.ipynb)", cmd)
         if notebook is None:  # a plain python step (collect)
             continue
         notebook = REPO / notebook.group(1)
         assert str(notebook.relative_to(REPO)) in stage["deps"], f"stage {name}: its notebook must be a dep"
-        passed = set(re.findall(r"-p (\w+) ", cmd))
-        for inline in re.findall(r'-y "\{([^}]*)\}"', cmd):  # YAML-typed values (booleans)
-            passed |= {item.split(":")[0].strip() for item in inline.split(",")}
-        assert passed <= parameters_of(notebook), f"stage {name}: passes unknown parameters {passed - parameters_of(notebook)}"
-
-
-def test_evaluation_covers_exactly_the_trained_grid():
-    """DVC cannot pass a list to a command, so the evaluation repeats the training grid as strings."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert [int(s) for s in params["evaluation"]["seeds"].split(",")] == params["train"]["seeds"]
-    assert params["evaluation"]["train_domains"].split(",") == params["train"]["domains"]
+        passed = dict(re.findall(r"-p (\w+) (\S+)", cmd))
+        assert passed.get("settings_file") == "params.yaml", f"stage {name}: pass -p settings_file params.yaml"
+        assert set(passed) <= parameters_of(notebook), f"stage {name}: passes unknown {set(passed) - parameters_of(notebook)}"
+        for read in reads(notebook, passed.get("baseline")):
+            section = read.split(".")[0]
+            covered = section in declared_params or read in declared_params or \
+                ("." not in read and any(d.startswith(f"{section}.") for d in declared_params))
+            assert covered, f"stage {name}: {notebook.name} reads {read}: declare it in the stage's params"
 
 
 def run_notebook(name, out_root, **parameters):
@@ -228,14 +232,17 @@ def test_a_killed_stage_resumes_to_the_uninterrupted_result(chain, tmp_path):
     """Kill online SML (a real SIGKILL to its papermill process) once it has saved a checkpoint, run it again,
     and get the adapter and training curves of a run that was never interrupted."""
     chain_root, _ = chain
-    settings = {"steps": 4, "checkpoint_steps": 1, "temperature": 1.5}
+    profile = tmp_path / "kill.yaml"  # the smoke sizes, and a run long enough to be killed halfway
+    values = {**yaml.safe_load((REPO / "profiles" / "smoke.yaml").read_text()),
+              "online_sml.steps": 4, "resume.checkpoint_steps": 1, "dialogue.temperature": 1.5}
+    profile.write_text(yaml.safe_dump(values))
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     for root in (straight, killed):
         copy_inputs(chain_root, root)
-    run_notebook("05_online_sml", straight, **settings)
+    run_notebook("05_online_sml", straight, settings_file=str(profile))
 
     cmd = [sys.executable, "-m", "papermill", str(REPO / "notebooks" / "05_online_sml.ipynb"), str(killed / "05.ipynb"),
-           "-p", "out_root", str(killed), *[a for k, v in settings.items() for a in ("-p", k, str(v))]]
+           "-p", "out_root", str(killed), "-p", "settings_file", str(profile)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     deadline = time.monotonic() + 300
@@ -246,7 +253,7 @@ def test_a_killed_stage_resumes_to_the_uninterrupted_result(chain, tmp_path):
     proc.wait()
     assert not (killed / "models" / "sml_online" / "math_s0").exists()
 
-    run_notebook("05_online_sml", killed, **settings)
+    run_notebook("05_online_sml", killed, settings_file=str(profile))
     adapter = Path("models/sml_online/math_s0/adapter_model.safetensors")
     assert (killed / adapter).read_bytes() == (straight / adapter).read_bytes()
     assert curves(killed) == curves(straight) and len(curves(straight)["reward.tsv"]["step"]) == 4

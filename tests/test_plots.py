@@ -12,10 +12,12 @@ import pytest  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.container import BarContainer  # noqa: E402
 
-from sml import paths  # noqa: E402
+from sml import paths, settings  # noqa: E402
 from sml.dialogue.llm_teacher import make_teacher  # noqa: E402
 from sml.dialogue.teacher import ScriptedTeacher  # noqa: E402
 from sml.evaluation import plots  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def curve(condition="base", domain="math", shift=0.0):
@@ -111,14 +113,11 @@ def test_model_path_prefers_a_path_under_out_root(tmp_path):
     assert paths.model_path(tmp_path / "run", "models/base_student") == "models/base_student"  # not there: as given
 
 
-def test_section_rebuilds_a_params_section_from_notebook_parameters(tmp_path):
-    settings = {"teacher_kind": "scripted", "teacher_feedback": "verdict,step", "teacher_reveal_answer": False,
-                "teacher_model": "", "teacher_cache_dir": "data/teacher_cache", "classifier_kind": "rules",
-                "max_turns": 4}
-    teacher = paths.section(settings, "teacher", tmp_path)
-    assert teacher == {"kind": "scripted", "feedback": "verdict,step", "reveal_answer": False, "model": "",
-                       "cache_dir": str(tmp_path / "data" / "teacher_cache")}
-    assert paths.section(settings, "classifier", tmp_path) == {"kind": "rules"}
+def test_a_settings_section_resolves_its_folders_under_out_root(tmp_path):
+    cfg = settings.load(REPO / "params.yaml")
+    teacher = paths.resolved(cfg.teacher, tmp_path)
+    assert teacher == {**cfg.teacher.model_dump(), "cache_dir": str(tmp_path / cfg.teacher.cache_dir)}
+    assert paths.resolved(cfg.classifier, tmp_path)["cache_dir"] == str(tmp_path / cfg.classifier.cache_dir)
     assert isinstance(make_teacher(teacher), ScriptedTeacher)
 
 

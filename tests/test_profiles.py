@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from sml import config, profiles
+from sml import profiles, settings
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
@@ -15,11 +15,11 @@ PARAMS = REPO / "params.yaml"
 @pytest.mark.parametrize("name", profiles.names())
 def test_every_profile_validates_applied_to_params_yaml(name):
     text, _ = profiles.apply(name, PARAMS)
-    config.check_params(YAML(typ="safe").load(text))
+    settings.check(YAML(typ="safe").load(text))
 
 
 def test_there_is_a_real_profile_and_all_set_the_same_keys():
-    names = profiles.names()
+    names = [n for n in profiles.names() if n != "smoke"]  # smoke: test sizes laid over params.yaml, not a switch
     assert "tiny-cpu" in names and len(names) >= 2
     keys = {name: set(profiles.load(name)) for name in names}
     assert all(k == keys["tiny-cpu"] for k in keys.values()), keys
@@ -29,7 +29,7 @@ def test_tiny_cpu_is_the_default_and_switching_back_is_lossless(tmp_path):
     assert profiles.apply("tiny-cpu", PARAMS) == (PARAMS.read_text(), {})
     copy = tmp_path / "params.yaml"
     copy.write_text(PARAMS.read_text())
-    for name in profiles.names():
+    for name in (n for n in profiles.names() if n != "smoke"):  # smoke lays test sizes over params.yaml
         assert profiles.main([name, "--params", str(copy), "--write"]) == 0
         assert profiles.main(["tiny-cpu", "--params", str(copy), "--write"]) == 0
         assert copy.read_text() == PARAMS.read_text(), name  # comments and layout included
@@ -51,7 +51,7 @@ def test_a_bad_profile_is_rejected_by_key_and_nothing_is_written(tmp_path, capsy
     (folder / "typo.yaml").write_text("online_sml.stpes: 3\n")
     with pytest.raises(ValueError) as bad:
         profiles.apply("bad", PARAMS, folder)
-    assert "online_sml.steps: must be an integer >= 1, got 0" in str(bad.value)
+    assert "online_sml.steps: must be >= 1, got 0" in str(bad.value)
     assert "student.dtype: must be one of 'float32', 'bfloat16', 'float16', 'auto', got 'fp8'" in str(bad.value)
     with pytest.raises(ValueError, match=r"unknown params.yaml key\(s\) in the profile: online_sml.stpes"):
         profiles.apply("typo", PARAMS, folder)

@@ -160,3 +160,26 @@ def test_cli(tmp_path):
     bad.write_text((REPO / "params.yaml").read_text().replace("steps: 12 ", "steps: 0 "))
     result = run_cli(str(bad))
     assert result.returncode == 1 and "online_sml.steps: must be >= 1, got 0" in result.stderr
+
+
+def test_a_value_changed_in_a_settings_file_reaches_the_notebook(tmp_path, capsys):
+    """A notebook's parameters are only the file, out_root and its matrix cell: edit the file, nothing else."""
+    profile = tmp_path / "mine.yaml"
+    profile.write_text("online_sml.steps: 7\n")
+    namespace = {"settings_file": str(profile), "out_root": "runs/x", "train_domain": "code", "seed": 2,
+                 "os": object(), "_private": 1}
+    cfg = settings.for_notebook(namespace, "online_sml")
+    assert cfg.online_sml.steps == 7 and "  steps: 7" in capsys.readouterr().out  # the executed notebook shows it
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"stpes": 3}, "stpes (notebook parameter): unknown"),
+    ({"seed": -1}, "seed (notebook parameter): must be >= 0, got -1"),
+    ({"train_domain": "physics"}, "train_domain (notebook parameter): must be one of 'math', 'code', got 'physics'"),
+    ({"condition": "sml"}, "condition (notebook parameter): must be one of"),
+])
+def test_bad_notebook_parameters_are_rejected_naming_them(changes, expected):
+    namespace = {"settings_file": "params.yaml", "out_root": ".", "train_domain": "math", "seed": 0, **changes}
+    with pytest.raises(ValueError) as error:
+        settings.for_notebook(namespace)
+    assert str(error.value).startswith(expected), error.value

@@ -5,17 +5,20 @@ with the end-of-turn token when the turn ended), sampling with a local model."""
 
 import importlib.util
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from sml import config
+from sml import settings
 from sml.train import grpo
 from sml.dialogue.engine import run_dialogues
 from sml.dialogue.student import Student
 from sml.tasks import toy_math
 from sml.dialogue.teacher import ScriptedTeacher
 from tiny_models import tiny_model, tiny_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
 
 no_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
 EXTRA = re.escape("needs the optional extra 'vllm': pip install -e '.[vllm]' (module 'vllm' is not installed)")
@@ -31,12 +34,14 @@ def test_vllm_generation_names_the_missing_extra_before_any_work():
 
 
 @no_vllm
-def test_the_notebook_check_names_the_missing_extra():
-    from test_config import defaults
-
-    values = {**defaults("05_online_sml"), "generation": "vllm"}
-    with pytest.raises(ValueError, match=f"generation.grpo \\(notebook parameter generation\\): .*{EXTRA}"):
-        config.check_notebook("05_online_sml", values)
+def test_the_notebook_check_names_the_missing_extra(tmp_path):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (tmp_path / "vllm.yaml").write_text("generation.grpo: vllm\n")
+    namespace = {"settings_file": str(tmp_path / "vllm.yaml"), "out_root": ".", "train_domain": "math", "seed": 0}
+    with pytest.raises(ValueError, match=f"generation.grpo 'vllm' {EXTRA}"):
+        settings.for_notebook(namespace, "online_sml")
+    settings.for_notebook(namespace, "offline_sml")  # a stage that does not run GRPO does not need it
 
 
 def test_bad_generation_settings_are_named():
@@ -98,26 +103,16 @@ def test_the_rollout_samples_through_the_trainers_vllm(local):
 
 
 def test_the_scale_settings_reach_every_stage_that_samples_or_trains():
-    """dvc.yaml passes where to sample and the student's dtype to every stage that needs them: GRPO rollouts
+    """Every stage that needs them reads where to sample and the student's dtype: GRPO rollouts
     (generation.grpo), every other sampling, evaluation and data collection alike (generation.eval), and the
     precision of every training stage (student.dtype: SFT and GRPO train in bf16 exactly when it is bfloat16)."""
-    from pathlib import Path
+    from test_pipeline import NOTEBOOKS, reads
 
-    import yaml
-
-    stages = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
-    notebook = {name: re.search(r"notebooks/(\w+)\.ipynb", s["cmd"]).group(1) for name, s in stages.items()
-                if "papermill" in s["cmd"]}
-    reads = {
-        "-p eval_backend ${generation.eval}": {"03_baseline_dialogues", "04_offline_sml", "07_q_priming",
-                                               "08_evaluate"},
-        "-p generation ${generation.grpo}": {"05_online_sml", "06_single_turn_baselines", "07_q_priming"},
-        "-p dtype ${student.dtype}": {"03_baseline_dialogues", "04_offline_sml", "05_online_sml",
-                                      "06_single_turn_baselines", "07_q_priming", "08_evaluate", "09_loss_diagnostic"},
-        '-p student_model "${student.model}"': {"02_base_student"},
+    expected = {
+        "generation.eval": {"03_baseline_dialogues", "04_offline_sml", "07_q_priming", "08_evaluate"},
+        "generation.grpo": {"05_online_sml", "06_single_turn_baselines", "07_q_priming"},
+        "student.dtype": {"03_baseline_dialogues", "04_offline_sml", "05_online_sml", "06_single_turn_baselines",
+                          "07_q_priming", "08_evaluate", "09_loss_diagnostic"},
     }
-    for passed, notebooks in reads.items():
-        assert {notebook[name] for name in notebook if passed in stages[name]["cmd"]} == notebooks, passed
-    for name in notebook:
-        if notebook[name] in reads["-p eval_backend ${generation.eval}"]:
-            assert "src/sml/dialogue/remote_student.py" in stages[name]["deps"], name
+    for key, notebooks in expected.items():
+        assert {p.stem for p in NOTEBOOKS if key in reads(p)} == notebooks, key

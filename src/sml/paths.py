@@ -23,13 +23,11 @@ def model_path(out_root: str | Path, model: str) -> Path | str:
     return under if under.exists() else model
 
 
-def section(settings: dict, prefix: str, out_root: str | Path, paths=("cache_dir",)) -> dict:
-    """A params.yaml section rebuilt from a notebook's flat parameters: ``teacher_kind``, ``teacher_model``,
-    ... -> ``{"kind": ..., "model": ...}`` (what ``make_teacher`` and ``make_classifier`` take). The keys in
-    ``paths`` are folders relative to ``out_root`` and come back resolved under it (as strings)."""
-    head = f"{prefix}_"
-    out = {name[len(head):]: value for name, value in settings.items() if name.startswith(head)}
+def resolved(section, out_root: str | Path, paths=("cache_dir",)) -> dict:
+    """A settings section (``cfg.teacher``, ``cfg.classifier``) as the dict ``make_teacher`` and
+    ``make_classifier`` take, its folders (``paths``, relative to ``out_root``) resolved under it."""
+    values = section.model_dump()
     for key in paths:
-        if key in out:
-            out[key] = str(Path(out_root) / out[key])
-    return out
+        if key in values:
+            values[key] = str(Path(out_root) / values[key])
+    return values

@@ -8,7 +8,7 @@ the switch and ``dvc repro`` reruns exactly the stages it touches::
     python -m sml.profiles qwen2.5-7b --write      # ... and write it (tiny-cpu --write switches back)
 
 Every profile sets the same keys, so switching from any profile to any other is complete; the result is
-checked with ``sml.config`` before anything is written.
+checked with ``sml.settings`` before anything is written.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-from .config import check_params
+from .settings import check as check_params
 
 PROFILES = Path(__file__).resolve().parents[2] / "profiles"
 COMMENT_COLUMN = 28
@@ -76,7 +76,7 @@ def rewrite(text: str, values: dict) -> str:
 
 def apply(name: str, params_path="params.yaml", folder=PROFILES) -> tuple[str, dict]:
     """The new params.yaml text with profile ``name`` applied and ``{key: (old, new)}`` for what changes;
-    raises ValueError (every problem, one per line) when the result does not pass ``sml.config``."""
+    raises ValueError (every problem, one per line) when the result does not pass ``sml.settings``."""
     from ruamel.yaml import YAML
 
     values = load(name, folder)

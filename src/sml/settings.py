@@ -292,8 +292,6 @@ CROSS = [
     ("generation.vllm_server_url", lambda c: "required for generation.vllm_mode 'server' (e.g. http://localhost:8000)"
      if c.generation.grpo == "vllm" and c.generation.vllm_mode == "server" and not c.generation.vllm_server_url
      else None),
-    ("generation.grpo", lambda c: missing("vllm", "vllm", "generation.grpo 'vllm'")
-     if c.generation.grpo == "vllm" else None),
     ("generation.eval_base_url", lambda c: "required for generation.eval 'openai' (e.g. http://localhost:8000/v1)"
      if c.generation.eval == "openai" and not c.generation.eval_base_url else None),
     ("diagnostic.turns", lambda c: f"must be <= dialogue.eval_turns ({c.dialogue.eval_turns}): a dialogue has at "
@@ -327,7 +325,7 @@ def _problem(error: dict, fields) -> str:
         return f"must be one of {', '.join(map(repr, options))}, got {got!r}{_suggest(got, options)}"
     if kind in _BOUNDS:
         sign, name = _BOUNDS[kind]
-        return f"must be {sign} {ctx[name]}, got {got!r}"
+        return f"must be {sign} {ctx[name]:g}, got {got!r}"
     if kind == "string_too_short":
         return f"must be a non-empty string, got {got!r}"
     if kind == "too_short":
@@ -381,16 +379,14 @@ def read_yaml(path) -> dict:
 
 def params_of(path) -> dict:
     """The params mapping a settings file stands for: the file itself, or a profile (flat ``section.key``
-    lines) laid over the ``params.yaml`` of the repository that holds it."""
+    lines) laid over the ``params.yaml`` of the repository that holds it (or, outside one, that we run in)."""
     values = read_yaml(path)
     if not any("." in str(k) for k in values):
         return values
     if bad := [k for k in values if str(k).count(".") != 1]:
         raise ValueError(f"{path}: a profile's keys are section.key, got {bad[0]!r}")
-    base = next((p / "params.yaml" for p in Path(path).resolve().parents if (p / "dvc.yaml").exists()), None)
-    if base is None:
-        raise ValueError(f"{path}: a profile, but no params.yaml of a repository above it to lay it over")
-    params = read_yaml(base)
+    holder = next((p for p in Path(path).resolve().parents if (p / "dvc.yaml").exists()), None)
+    params = read_yaml((holder or repo_root()) / "params.yaml")  # elsewhere: over the repository we run in
     for key, value in values.items():
         section, name = key.split(".")
         if not isinstance(params.get(section), dict) or name not in params[section]:
@@ -437,6 +433,8 @@ def for_notebook(namespace: dict, *sections: str, local: tuple[str, ...] = ()) -
     if errors:
         raise ValueError("\n".join(errors))
     cfg = load(repo_root() / given["settings_file"])  # papermill runs in the repository, Jupyter in notebooks/
+    if "online_sml" in sections and cfg.generation.grpo == "vllm" and (problem := missing("vllm", "vllm", "")):
+        raise ValueError(f"generation.grpo 'vllm' {problem.strip()}")  # GRPO's notebooks: before any model loads
     print(f"# {given['settings_file']}, as read\n{cfg.show(*sections)}")
     return cfg
 
