@@ -41,8 +41,10 @@ def test_the_notebook_under_another_student_writes_every_declared_output_and_bui
     every output dvc.yaml declares exists, so DVC is satisfied."""
     executed = tmp_path / "reports" / "notebooks" / "02_base_student.ipynb"
     executed.parent.mkdir(parents=True)
+    profile = tmp_path / "hub.yaml"  # the smoke sizes, a hub student
+    profile.write_text((REPO / "profiles" / "smoke.yaml").read_text() + "student.model: Qwen/Qwen2.5-7B-Instruct\n")
     papermill.execute_notebook(str(REPO / "notebooks" / "02_base_student.ipynb"), str(executed),
-                               parameters={"out_root": str(tmp_path), "student_model": "Qwen/Qwen2.5-7B-Instruct"},
+                               parameters={"out_root": str(tmp_path), "settings_file": str(profile)},
                                cwd=str(REPO), progress_bar=False, kernel_name="python3")
     for path in declared_outputs():
         assert (tmp_path / path).exists(), f"base_student declares {path}, which the skipped notebook did not write"
