@@ -73,11 +73,19 @@ def test_premature_attempts_on_hand_built_sharded_dialogues(tok, model):
         assert transcripts.behaviour(data)["question_rate"] == pytest.approx(3 / 9)
 
 
+def hand(labels, premature, named=None, fixed=None, solved_turn=0, well_formed=None):
+    """A hand-written transcript record with the fields the behaviour rates read (defaults: every turn well
+    formed, no error named, unsolved)."""
+    return {"labels": labels, "premature": premature, "well_formed": well_formed or [True] * len(labels),
+            "named": named or [""] * (len(labels) - 1), "fixed": fixed or [False] * len(labels),
+            "solved_turn": solved_turn}
+
+
 def test_pooled_rates_and_bootstrap_intervals_from_hand_built_transcripts():
-    seed0 = datasets.Dataset.from_list([{"labels": ["attempt", "attempt"], "premature": [True, False]},
-                                        {"labels": ["question", "attempt"], "premature": [False, False]}])
-    seed1 = datasets.Dataset.from_list([{"labels": ["attempt"], "premature": [True]},
-                                        {"labels": ["question", "question", "attempt"], "premature": [False, False, False]}])
+    seed0 = datasets.Dataset.from_list([hand(["attempt", "attempt"], [True, False]),
+                                        hand(["question", "attempt"], [False, False])])
+    seed1 = datasets.Dataset.from_list([hand(["attempt"], [True]),
+                                        hand(["question", "question", "attempt"], [False, False, False])])
     out = transcripts.behaviour_intervals([seed0, seed1], n_boot=500)
     assert (out["dialogues"], out["attempts"], out["turns"]) == (4, 5, 8)
     assert out["premature_rate"] == pytest.approx(2 / 5) and out["question_rate"] == pytest.approx(3 / 8)
@@ -85,7 +93,7 @@ def test_pooled_rates_and_bootstrap_intervals_from_hand_built_transcripts():
         assert 0 <= out[f"{name}_low"] <= out[f"{name}_rate"] <= out[f"{name}_high"] <= 1
         assert out[f"{name}_low"] < out[f"{name}_high"]  # four dialogues: a wide interval, not a point
     assert transcripts.behaviour_intervals([seed0, seed1], n_boot=500) == out  # seeded: reproducible
-    same = datasets.Dataset.from_list([{"labels": ["attempt"], "premature": [True]}] * 30)
+    same = datasets.Dataset.from_list([hand(["attempt"], [True])] * 30)
     flat = transcripts.behaviour_intervals([same], n_boot=200)
     assert flat["premature_low"] == flat["premature_high"] == 1.0 and flat["question_rate"] == 0.0
 
@@ -93,19 +101,24 @@ def test_pooled_rates_and_bootstrap_intervals_from_hand_built_transcripts():
 def test_summary_carries_each_cell_s_rates_and_intervals(tmp_path):
     rows = pd.DataFrame([{"condition": "base", "train_domain": "none", "eval_domain": "math", "variant": v, "seed": 0,
                           "turn": 1, "success": 0.5, "n": 10} for v in ("full", "sharded")])
-    data = datasets.Dataset.from_list([{"labels": ["attempt", "question"], "premature": [True, False]}] * 5)
+    data = datasets.Dataset.from_list([hand(["attempt", "question"], [True, False])] * 5)
     intervals = interval_rows({("base", "none", "math", "sharded"): [data]})
     parts = tmp_path / "metrics" / "parts"
     transcripts.write_csv(parts / "eval" / "base.csv", rows, transcripts.EVAL_COLUMNS)
     transcripts.write_csv(parts / "behaviour" / "base.csv", pd.DataFrame([{
         "condition": "base", "train_domain": "none", "eval_domain": "math", "variant": "sharded", "seed": 0,
-        "premature_rate": 1.0, "question_rate": 0.5, "mean_turns_to_solve": 1.0, "leak_rate": 0.0}]),
+        "premature_rate": 1.0, "question_rate": 0.5, "mean_turns_to_solve": 1.0, "leak_rate": 0.0,
+        "well_formed_rate": 1.0, "feedback_uptake_rate": 0.0, "solve_rate_after_feedback": 0.0,
+        "solve_rate_after_retry": 0.0}]),
         transcripts.BEHAVIOUR_COLUMNS)
     transcripts.write_csv(parts / "intervals" / "base.csv", intervals, transcripts.INTERVAL_COLUMNS)
     summary = collect.collect(tmp_path)
     sharded = summary["base"]["none->math sharded"]
     assert sharded["premature_rate"] == 1.0 and sharded["question_rate"] == 0.5 and sharded["attempts"] == 5
     assert sharded["question_rate_ci"] == [0.5, 0.5]
+    assert sharded["well_formed_rate"] == 1.0 and sharded["solve_rate_after_feedback"] == 0.0  # 5 later turns
+    assert "feedback_uptake_rate" not in sharded and "solve_rate_after_retry" not in sharded  # nothing to count
+    assert (sharded["named_errors"], sharded["later_turns"], sharded["later_tries"]) == (0, 5, 0)
     assert "premature_rate" not in summary["base"]["none->math full"]
 
 

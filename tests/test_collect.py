@@ -18,7 +18,9 @@ def eval_part(condition, train_domain, seeds, successes, n=10, eval_domain="math
 def behaviour_part(condition, train_domain, seeds, eval_domain="math"):
     return pd.DataFrame([{"condition": condition, "train_domain": train_domain, "eval_domain": eval_domain,
                           "variant": "full", "seed": s, "premature_rate": 0.0, "question_rate": 0.1,
-                          "mean_turns_to_solve": 2.0, "leak_rate": 0.0} for s in seeds])
+                          "mean_turns_to_solve": 2.0, "leak_rate": 0.0, "well_formed_rate": 1.0,
+                          "feedback_uptake_rate": 0.5, "solve_rate_after_feedback": 0.2,
+                          "solve_rate_after_retry": 0.1} for s in seeds])
 
 
 def write_parts(root, name, evals, behaviour):
@@ -35,7 +37,10 @@ def test_collect_concatenates_parts_and_summarises_with_pooled_intervals(tmp_pat
     summary = collect.collect(tmp_path)
     evals = pd.read_csv(tmp_path / "metrics" / "eval.csv")
     assert list(evals.columns) == transcripts.EVAL_COLUMNS and len(evals) == 30
-    assert len(pd.read_csv(tmp_path / "metrics" / "behaviour.csv")) == 3
+    behaviour = pd.read_csv(tmp_path / "metrics" / "behaviour.csv")
+    assert list(behaviour.columns) == transcripts.BEHAVIOUR_COLUMNS and len(behaviour) == 3
+    assert list(behaviour.columns[-4:]) == ["well_formed_rate", "feedback_uptake_rate", "solve_rate_after_feedback",
+                                            "solve_rate_after_retry"]
     base = summary["base"]["none->math full"]
     assert base["sr1"] == pytest.approx(0.05) and base["sr4"] == pytest.approx(0.2) and base["sr10"] == pytest.approx(0.5)
     assert base["sr4_ci"] == [round(x, 4) for x in transcripts.wilson(4, 20)]  # 4 of the 20 pooled dialogues

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from sml import sandbox
 from sml.verify import code as code_verifier
@@ -26,6 +27,7 @@ STEP_REF = re.compile(r"\bsteps?\s+(\d+)", re.IGNORECASE)
 _ASKED_STEP = re.compile(r"\bstep\s+(\d+)", re.IGNORECASE)
 _CODE_START = re.compile(r"```|^\s*(?:def|class|import|from)\s", re.MULTILINE)
 _ANSWER_MARKER = re.compile(r"answer\s*(?:is|:|=)|\\boxed\{", re.IGNORECASE)
+EQUATION = re.compile(r"(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)|-\(\s*(-?\d+)\s*\)\s*=\s*(-?\d+)")
 
 
 @dataclass
@@ -33,8 +35,10 @@ class Dialogue:
     """One dialogue's state. ``messages`` use chat roles: the teacher is ``user``, the student ``assistant``.
     Per student turn: ``labels``, ``correct``, ``premature``, ``revealed`` (shards seen when it was
     written), ``injected`` (Q-priming: where a question that replaced the student's own turn came from, else
-    ""), ``student_ids`` (the generated tokens) and ``turn_starts`` (where they begin in ``ids``, the
-    conversation's token ids); per teacher reply: ``leaks``."""
+    ""), ``well_formed`` (see ``well_formed``), ``fixed`` (an attempt that fixes the concrete error the teacher's
+    last reply named: see ``fixes``), ``student_ids`` (the generated tokens) and ``turn_starts`` (where they
+    begin in ``ids``, the conversation's token ids); per teacher reply: ``leaks`` and ``named`` (the concrete
+    error it named, as text: ``step 2 = 35`` or a failing test; "" when none)."""
     task: dict
     variant: str
     sample: int
@@ -48,6 +52,10 @@ class Dialogue:
     revealed: list[int] = field(default_factory=list)
     leaks: list[bool] = field(default_factory=list)
     injected: list[str] = field(default_factory=list)
+    well_formed: list[bool] = field(default_factory=list)
+    fixed: list[bool] = field(default_factory=list)
+    named: list[str] = field(default_factory=list)
+    error: dict | None = None  # the concrete error the teacher's last reply named (``TeacherView.named``)
     student_ids: list[list[int]] = field(default_factory=list)
     turn_starts: list[int] = field(default_factory=list)  # where each student turn begins in ``ids``
     past: object = None  # the student's KV cache of ``ids`` (kept between turns; see Student.generate)
@@ -78,6 +86,8 @@ class Dialogue:
         self.injected.append(turn.injected)
         self.correct.append(turn.correct)
         self.premature.append(turn.label == "attempt" and len(self.shown) < self.n_shards)
+        self.well_formed.append(well_formed(turn, self.task))
+        self.fixed.append(self.error is not None and turn.label == "attempt" and fixes(self.error, turn))
 
     def add_teacher_message(self, message: str, ids: list[int], hinted: bool) -> None:
         """``ids``: the conversation's token ids with ``message`` appended."""
@@ -119,6 +129,10 @@ class TeacherView:
     turn: int = 1
     hints_given: int = 0
     hinted: bool = False  # set by a teacher that gave away a reference step (the dialogue counts them)
+    # set by a teacher whose reply names a concrete error: {"step": k, "value": "7"} (the k-th equation of the
+    # student's work should end in 7) or {"test": "assert f(3) == 4"} (a failing test, expected vs actual),
+    # with "said": the part of the reply that names it
+    named: dict | None = None
 
 
 # --- judging a student turn ---------------------------------------------------------------------------
@@ -155,6 +169,30 @@ class Judge:
                 for k, result in zip(todo, threads.map(lambda tr: verify(*tr, runner=runner), todo.values())):
                     self.cache[k] = result
         return [self.cache[k] if k else None for k in keys]
+
+
+def well_formed(turn: StudentTurn, task: dict) -> bool:
+    """A question, or an attempt the verifier could read: a final answer it parsed (math), code that
+    loaded and so could be run against the tests (code)."""
+    if turn.label != "attempt":
+        return turn.label == "question"
+    return turn.check["extracted"] is not None if task["domain"] == "math" else turn.check["load_error"] is None
+
+
+def step_values(text: str) -> list[Fraction]:
+    """What each equation of a worked answer comes to ("3 + 4 = 7" -> 7), in order: step k is the k-th."""
+    return [Fraction(m.group(4) or m.group(6)) for m in EQUATION.finditer(text)]
+
+
+def fixes(error: dict, turn: StudentTurn) -> bool:
+    """Whether an attempt fixes the ``error`` the teacher named: it is right, or the named step of its work
+    now has the right value, or the named test now passes."""
+    if turn.correct:
+        return True
+    if "test" in error:
+        return any(r["test"] == error["test"] and r["passed"] for r in turn.check.get("results", []))
+    values = step_values(turn.text)
+    return len(values) >= error["step"] and values[error["step"] - 1] == Fraction(error["value"])
 
 
 # --- the leak audit ------------------------------------------------------------------------------------
@@ -258,9 +296,12 @@ class Environment:
 
     def audit(self, d: Dialogue, view: TeacherView, message: str) -> str:
         """Record whether the teacher's ``message`` leaks the answer; with ``block_leaks`` one that does is
-        replaced by a plain verdict (and the shard it had to reveal), so no transcript carries the answer."""
+        replaced by a plain verdict (and the shard it had to reveal), so no transcript carries the answer.
+        Also records the concrete error the message names, which the student's next turn may fix."""
         leaked = leaks(message, d.task)
         d.leaks.append(leaked)
+        d.error = None if leaked and self.block_leaks else view.named  # a blocked message names nothing
+        d.named.append("" if d.error is None else d.error.get("test") or f"step {d.error['step']} = {d.error['value']}")
         if leaked and self.block_leaks:
             return "That is not right. Try again." + (f" Here is more information. {view.reveal}" if view.reveal else "")
         return message

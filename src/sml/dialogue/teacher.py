@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from sml.dialogue.environment import EQUATION as _EQUATION  # noqa: F401 (qprime reads it from here)
 from sml.dialogue.environment import STEP_REF, TeacherView, leaks
 from sml.tasks.schema import metadata, prompt_for
 from sml.tasks.toy_math import format_number, steps_of
@@ -21,7 +22,6 @@ from sml.verify.math import parse_number
 
 FEEDBACK_KINDS = ("verdict", "direction", "step", "tests")
 _TEST_CALL = re.compile(r"assert\s+(.+?)\s*==", re.DOTALL)
-_EQUATION = re.compile(r"(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)|-\(\s*(-?\d+)\s*\)\s*=\s*(-?\d+)")
 
 
 def parse_feedback_kinds(kinds: str | list[str]) -> list[str]:
@@ -93,6 +93,9 @@ class ScriptedTeacher(Teacher):
       give the answer away, else the next intermediate step of the reference solution;
     - ``tests`` (code): how many hidden tests pass and the first failing one, expected vs actual.
 
+    A located wrong equation and a failing test with expected vs actual are the concrete errors a reply
+    names (``TeacherView.named``), unless the leak filter drops the sentence that names them.
+
     Questions are answered from the private knowledge: the requested shard on sharded tasks, else the
     step asked for ("what is step 2?") or the next intermediate step (math), and the test of the call
     asked about ("what should f(3) return?") or the next hidden test (code). No answer ever gives the
@@ -115,6 +118,8 @@ class ScriptedTeacher(Teacher):
         if view.reveal:
             parts.append(f"Here is more information. {view.reveal}")
         safe = [p for p in parts if self.reveal_answer or not leaks(p, task)]
+        if view.named is not None and view.named["said"] not in safe:
+            view.named = None
         if self.reveal_answer and view.label == "attempt" and task["domain"] == "math" and view.turn >= 3:
             safe.append(f"The answer is {task['answer']}.")
         return " ".join(safe) or "Not quite. Try again."
@@ -142,26 +147,28 @@ class ScriptedTeacher(Teacher):
         if "direction" in self.feedback and said is not None and gold is not None and said != gold:
             parts.append(f"Your answer {check['extracted']} is too {'high' if said > gold else 'low'}.")
         if "step" in self.feedback:
-            located = self._first_wrong_equation(view.messages[-1]["content"])
+            located, view.named = self._first_wrong_equation(view.messages[-1]["content"])
             parts.extend(located or [self._next_hint(view)])
         return [p for p in parts if p] or ["That is not right."]
 
     @staticmethod
-    def _first_wrong_equation(text: str) -> list[str]:
+    def _first_wrong_equation(text: str) -> tuple[list[str], dict | None]:
         """Where the student's work first goes wrong, and (as a separate part, which the leak
-        filter may drop) the corrected value."""
-        for match in _EQUATION.finditer(text):
+        filter may drop) the corrected value; with the error named (``TeacherView.named``)."""
+        for k, match in enumerate(_EQUATION.finditer(text), start=1):
             if match.group(2):
                 a, op, b, c = Fraction(match.group(1)), match.group(2), Fraction(match.group(3)), Fraction(match.group(4))
                 if op == "/" and b == 0:
-                    return [f"In '{match.group(0)}' you divide by zero."]
+                    return [f"In '{match.group(0)}' you divide by zero."], None
                 right = {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else None}[op]  # the dict is built for every op
                 shown = f"{match.group(1)} {op} {match.group(3)}"
             else:
                 c, right, shown = Fraction(match.group(6)), -Fraction(match.group(5)), f"-({match.group(5)})"
             if right != c:
-                return [f"Check your work: {shown} is not {match.group(4) or match.group(6)}.", f"It is {format_number(right)}."]
-        return []
+                said = f"Check your work: {shown} is not {match.group(4) or match.group(6)}."
+                value = format_number(right)
+                return [said, f"It is {value}."], {"step": k, "value": value, "said": said}
+        return [], None
 
     # code -------------------------------------------------------------------------------------
     def _code_feedback(self, view: TeacherView) -> list[str]:
@@ -176,6 +183,8 @@ class ScriptedTeacher(Teacher):
                 parts.append(f"It passes {check.get('n_passed', 0)} of {check.get('n_tests', 0)} tests.")
                 if failing:
                     parts.append(self._describe_failure(failing[0]))
+                    if "actual" in failing[0]:
+                        view.named = {"test": failing[0]["test"], "said": parts[-1]}
         return parts or ["Your function is not right."]
 
     @staticmethod

@@ -4,8 +4,9 @@ Each evaluating stage writes its own parts (``metrics/parts/eval/<name>.csv`` an
 ``metrics/parts/behaviour/<name>.csv``), so stages never share an output; this step concatenates them
 into ``metrics/eval.csv`` and ``metrics/behaviour.csv`` and summarises SR@1/4/10 per condition and
 domain pair in ``metrics/summary.json`` (mean over seeds, with a 95% Wilson interval over all
-evaluation dialogues of the seeds pooled), with each cell's premature and question rates and their
-bootstrap intervals (``metrics/parts/intervals/<name>.csv``) beside them.
+evaluation dialogues of the seeds pooled), with each cell's behaviour rates (premature, question,
+well-formed, feedback uptake, solving after feedback and after retries), pooled over the seeds from their
+counts, and their bootstrap intervals (``metrics/parts/intervals/<name>.csv``) beside them.
 
 Run: ``PYTHONPATH=src python -m sml.evaluation.collect [--root .]``
 """
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from sml.evaluation.transcripts import BEHAVIOUR_COLUMNS, EVAL_COLUMNS, INTERVAL_COLUMNS, KEYS, wilson, write_csv
+from sml.evaluation.transcripts import (BEHAVIOUR_COLUMNS, EVAL_COLUMNS, INTERVAL_COLUMNS, KEYS, POOLED, RETRY, wilson,
+                                        write_csv)
 
 SUMMARY_TURNS = (1, 4, 10)
 
@@ -68,16 +70,19 @@ def summary(rows: pd.DataFrame, turns=SUMMARY_TURNS) -> dict:
 
 
 def add_behaviour(result: dict, intervals: pd.DataFrame) -> dict:
-    """Put each cell's pooled premature and question rates, with their 95% bootstrap intervals, next to
-    its success rates in the summary (``premature_rate``, ``premature_rate_ci``, ``question_rate``, ...)."""
+    """Put each cell's pooled behaviour rates, with their 95% bootstrap intervals, next to its success rates
+    in the summary (``premature_rate``, ``premature_rate_ci``, ``question_rate``, ...), and the counts they
+    rest on. A rate with nothing to count (no retry run for a sharded cell, no named error) is left out."""
     for row in intervals.itertuples():
         entry = result.get(row.condition, {}).get(f"{row.train_domain}->{row.eval_domain} {row.variant}")
         if entry is None:
             continue
-        for name in ("premature", "question"):
-            entry[f"{name}_rate"] = round(getattr(row, f"{name}_rate"), 4)
-            entry[f"{name}_rate_ci"] = [round(getattr(row, f"{name}_low"), 4), round(getattr(row, f"{name}_high"), 4)]
-        entry["attempts"] = int(row.attempts)
+        for rate, (short, _, den) in {**POOLED, **RETRY}.items():
+            if getattr(row, den):
+                entry[rate] = round(getattr(row, rate), 4)
+                entry[f"{rate}_ci"] = [round(getattr(row, f"{short}_low"), 4), round(getattr(row, f"{short}_high"), 4)]
+        for count in ("attempts", "named_errors", "later_turns", "later_tries"):
+            entry[count] = int(getattr(row, count))
     return result
 
 

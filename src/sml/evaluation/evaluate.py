@@ -1,5 +1,6 @@
 """Evaluation rollouts: dialogues on held-out tasks, turned into the contract's metric rows
-(``metrics/eval.csv``: SR@turn per condition x domain x variant x seed; ``metrics/behaviour.csv``)."""
+(``metrics/eval.csv``: SR@turn per condition x domain x variant x seed; ``metrics/behaviour.csv``), and the
+retry comparator: the same number of independent single-turn tries, without feedback."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from sml.dialogue.remote_student import BACKENDS, load_student  # noqa: F401
 
 
 def evaluate(student, teacher, tasks, *, condition: str, train_domain: str, variant: str, seed: int,
-             max_turns: int = 10, gamma: float = 0.7, folder=None, chunk_tasks: int | None = None, **engine_kwargs):
+             max_turns: int = 10, gamma: float = 0.7, folder=None, chunk_tasks: int | None = None, retries=None,
+             **engine_kwargs):
     """Run one evaluation cell; return ``(transcripts, eval_rows, behaviour_row)``. With a ``folder``, the
     dialogues are written there chunk by chunk (``chunk_tasks`` tasks each) and an interrupted cell resumes
-    (``resume.dialogues``)."""
+    (``resume.dialogues``). ``retries``: the cell's ``retry_comparator`` transcripts, for the behaviour row's
+    ``solve_rate_after_retry`` (0 without them)."""
     tasks = list(tasks)
     if not tasks:
         raise ValueError(f"evaluate: no tasks for condition {condition!r}, variant {variant!r}")
@@ -27,7 +30,21 @@ def evaluate(student, teacher, tasks, *, condition: str, train_domain: str, vari
     keys = {"condition": condition, "train_domain": train_domain, "eval_domain": domains.pop(), "variant": variant,
             "seed": seed}
     rows = transcripts.success_at(data, max_turns).assign(**keys)
-    return data, rows, {**keys, **transcripts.behaviour(data)}
+    return data, rows, {**keys, **transcripts.behaviour(data), **transcripts.feedback_use(data, retries)}
+
+
+def retry_comparator(student, teacher, tasks, *, tries: int, seed: int, gamma: float = 0.7, folder=None,
+                     chunk_tasks: int | None = None, **engine_kwargs):
+    """``tries`` independent single-turn tries of each task (one-turn dialogues, ``tries`` samples per task,
+    on the full problem): what re-sampling alone achieves with as many tries as a dialogue has turns.
+    Returns ``(transcripts, hazard, curve)``: the chance of solving at a try >= 2 given the earlier tries
+    failed (comparable with ``solve_rate_after_feedback``) and SR@k of the tries (solved within k tries;
+    ``transcripts.success_at``'s columns)."""
+    data = resume.dialogues(list(tasks), student, teacher, variant="full", max_turns=1, samples_per_task=tries,
+                            seed=seed, gamma=gamma, folder=folder, chunk_tasks=chunk_tasks, **engine_kwargs)
+    first, taken = transcripts.first_successes(data)
+    solves, later = transcripts.hazard(first, taken)
+    return data, solves / later if later else 0.0, transcripts.success_at({"solved_turn": first}, tries)
 
 
 def success_table(rows: pd.DataFrame, turns=(1, 4, 10)) -> pd.DataFrame:
@@ -37,9 +54,11 @@ def success_table(rows: pd.DataFrame, turns=(1, 4, 10)) -> pd.DataFrame:
                               values="success", aggfunc="mean").rename(columns=lambda k: f"SR@{k}")
 
 
-def interval_rows(cells: dict) -> pd.DataFrame:
+def interval_rows(cells: dict, retries: dict | None = None) -> pd.DataFrame:
     """``{(condition, train_domain, eval_domain, variant): [transcripts of each seed]}`` -> one row per cell with
-    the pooled premature and question rates and their bootstrap intervals (``metrics/parts/intervals``)."""
+    the pooled behaviour rates and their bootstrap intervals (``metrics/parts/intervals``); ``retries``: the
+    cells' retry comparator transcripts, keyed the same way (cells without any get a retry rate of 0)."""
     keys = ["condition", "train_domain", "eval_domain", "variant"]
-    return pd.DataFrame([{**dict(zip(keys, cell)), **transcripts.behaviour_intervals(data)} for cell, data in cells.items()],
-                        columns=transcripts.INTERVAL_COLUMNS)
+    retries = retries or {}
+    return pd.DataFrame([{**dict(zip(keys, cell)), **transcripts.behaviour_intervals(data, retries.get(cell, ()))}
+                         for cell, data in cells.items()], columns=transcripts.INTERVAL_COLUMNS)

@@ -2,8 +2,10 @@
 
 One record per dialogue: the messages (teacher = ``user``, student = ``assistant``), per student turn
 its label (attempt/question/other), whether it was correct, whether it was a premature attempt, how
-many shards had been revealed and whether Q-priming put a question in its place; per teacher reply whether the leak audit flagged it; and the outcome
-(``solved_turn``, ``reward`` = gamma^(t-1) on success).
+many shards had been revealed, whether Q-priming put a question in its place, whether it was well formed
+and whether it fixed the error the teacher had just named; per teacher reply whether the leak audit
+flagged it and the concrete error it named ("" when none); and the outcome (``solved_turn``, ``reward`` =
+gamma^(t-1) on success). ``sml.dialogue.environment`` defines each of these facts.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ FEATURES = datasets.Features({
     "revealed": datasets.List(datasets.Value("int32")),
     "leaks": datasets.List(datasets.Value("bool")),
     "injected": datasets.List(datasets.Value("string")),
+    "well_formed": datasets.List(datasets.Value("bool")),
+    "fixed": datasets.List(datasets.Value("bool")),
+    "named": datasets.List(datasets.Value("string")),
     "n_shards": datasets.Value("int32"),
     "turns": datasets.Value("int32"),
     "solved_turn": datasets.Value("int32"),
@@ -42,7 +47,8 @@ def record(d, gamma: float) -> dict:
     return {"id": f"{d.task['id']}#{d.sample}", "task_id": d.task["id"], "domain": d.task["domain"],
             "source": d.task["source"], "variant": d.variant, "sample": d.sample, "messages": d.messages,
             "labels": d.labels, "correct": d.correct, "premature": d.premature, "revealed": d.revealed,
-            "leaks": d.leaks, "injected": d.injected, "n_shards": d.n_shards, "turns": d.turns, "solved_turn": d.solved_turn,
+            "leaks": d.leaks, "injected": d.injected, "well_formed": d.well_formed, "fixed": d.fixed,
+            "named": d.named, "n_shards": d.n_shards, "turns": d.turns, "solved_turn": d.solved_turn,
             "stop": d.stop, "reward": d.reward(gamma)}
 
 
@@ -99,30 +105,123 @@ def behaviour(transcripts) -> dict:
             "leak_rate": sum(leaks) / len(leaks) if leaks else 0.0}
 
 
-def behaviour_intervals(cells, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Premature and question rates of the dialogues of ``cells`` (transcript datasets, e.g. one per seed)
+def hazard(solved_turns, turns) -> tuple[int, int]:
+    """The chance of solving at a turn >= 2 given no earlier success, as counts: ``(solves at turns >= 2,
+    turns >= 2 taken before any success)`` over dialogues that solved at ``solved_turns`` (0: never) after
+    taking ``turns`` turns."""
+    solves = sum(s >= 2 for s in solved_turns)
+    taken = sum(max(t - 1, 0) for s, t in zip(solved_turns, turns) if s != 1)
+    return solves, taken
+
+
+# per dialogue, the counts the pooled rates rest on
+COUNTS = ("attempts", "premature", "questions", "turns", "well_formed", "named_errors", "fixed", "later_solves",
+          "later_turns")
+
+
+def dialogue_counts(data) -> np.ndarray:
+    """One row of ``COUNTS`` per dialogue of ``data``. ``named_errors``: attempts right after a teacher reply
+    that named a concrete error; ``fixed``: those that fixed it; ``later_*``: see ``hazard``."""
+    rows = []
+    for labels, premature, formed, named, fixed, solved in zip(data["labels"], data["premature"], data["well_formed"],
+                                                                data["named"], data["fixed"], data["solved_turn"]):
+        followed = [t for t in range(1, len(labels)) if named[t - 1] and labels[t] == "attempt"]
+        rows.append((sum(l == "attempt" for l in labels), sum(premature), sum(l == "question" for l in labels),
+                     len(labels), sum(formed), len(followed), sum(fixed[t] for t in followed),
+                     *hazard([solved], [len(labels)])))
+    return np.array(rows, dtype=float).reshape(-1, len(COUNTS))
+
+
+def first_successes(retries) -> tuple[list[int], list[int]]:
+    """Independent single-turn tries (dialogues of one turn, several samples per task) read as if each
+    task's tries, in sample order, were the turns of one dialogue: per task the first try that solved it
+    (1-based; 0: none) and the tries taken until then (all of them when none did)."""
+    tries: dict[str, dict[int, bool]] = {}
+    for task, sample, solved in zip(retries["task_id"], retries["sample"], retries["solved_turn"]):
+        tries.setdefault(task, {})[sample] = bool(solved)
+    ordered = [[s[i] for i in sorted(s)] for s in tries.values()]
+    first = [o.index(True) + 1 if any(o) else 0 for o in ordered]
+    return first, [f or len(o) for f, o in zip(first, ordered)]
+
+
+def retry_counts(retries) -> np.ndarray:
+    """Per task of ``retries``: ``RETRY_COUNTS``, the solves at tries >= 2 and the tries >= 2 taken before any
+    success (``hazard``)."""
+    return np.array([hazard([f], [t]) for f, t in zip(*first_successes(retries))], dtype=float).reshape(-1, 2)
+
+
+def _rate(num: float, den: float) -> float:
+    return float(num / den) if den else 0.0  # no NaN in the contract: an empty rate is 0, its count says so
+
+
+# pooled rate -> (its short name in the interval columns, numerator, denominator among COUNTS)
+POOLED = {"premature_rate": ("premature", "premature", "attempts"),
+          "question_rate": ("question", "questions", "turns"),
+          "well_formed_rate": ("well_formed", "well_formed", "turns"),
+          "feedback_uptake_rate": ("feedback_uptake", "fixed", "named_errors"),
+          "solve_rate_after_feedback": ("solve_after_feedback", "later_solves", "later_turns")}
+RETRY = {"solve_rate_after_retry": ("solve_after_retry", "retry_solves", "later_tries")}  # over retry_counts
+RETRY_COUNTS = ("retry_solves", "later_tries")
+
+
+def feedback_use(data, retries=None) -> dict:
+    """How a student uses feedback: well-formed turns (over student turns), uptake (attempts that fix the
+    concrete error the teacher just named, over such attempts), the chance of solving at a turn >= 2 given
+    no earlier success, and the same chance over ``retries`` (independent single-turn tries of the same
+    tasks, ``retry``; 0 without them). A student learns from feedback when the third beats the fourth."""
+    c = dict(zip(COUNTS, dialogue_counts(data).sum(0)))
+    retry = retry_counts(retries).sum(0) if retries is not None else (0, 0)
+    return {"well_formed_rate": _rate(c["well_formed"], c["turns"]),
+            "feedback_uptake_rate": _rate(c["fixed"], c["named_errors"]),
+            "solve_rate_after_feedback": _rate(c["later_solves"], c["later_turns"]),
+            "solve_rate_after_retry": _rate(*retry)}
+
+
+def _bootstrap(counts: np.ndarray, num: int, den: int, picks: np.ndarray) -> tuple[float, float, float]:
+    """The pooled rate ``sum(num) / sum(den)`` over the rows of ``counts``, and its 95% bootstrap interval
+    over ``picks`` (resampled row indices); ``[0, 1]`` when nothing was counted."""
+    total = counts[:, den].sum()
+    if not total:
+        return 0.0, 0.0, 1.0
+    num_b, den_b = counts[picks, num].sum(1), counts[picks, den].sum(1)
+    rates = np.divide(num_b, den_b, out=np.zeros_like(num_b), where=den_b > 0)
+    low, high = np.quantile(rates, [0.025, 0.975])
+    return float(counts[:, num].sum() / total), float(low), float(high)
+
+
+def behaviour_intervals(cells, retries=(), n_boot: int = 2000, seed: int = 0) -> dict:
+    """The rates of ``POOLED`` over the dialogues of ``cells`` (transcript datasets, e.g. one per seed)
     pooled, each with a 95% bootstrap interval that resamples whole dialogues (a dialogue's turns are not
-    independent of each other). Also the counts they rest on."""
-    counts = np.array([(sum(l == "attempt" for l in labels), sum(premature), sum(l == "question" for l in labels),
-                        len(labels)) for data in cells for labels, premature in zip(data["labels"], data["premature"])],
-                      dtype=float).reshape(-1, 4)
-    picks = np.random.default_rng(seed).integers(0, len(counts), size=(n_boot, len(counts)))
-    out = {"dialogues": len(counts), "attempts": int(counts[:, 0].sum()), "turns": int(counts[:, 3].sum())}
-    for name, num, den in (("premature", 1, 0), ("question", 2, 3)):
-        total = counts[:, den].sum()
-        out[f"{name}_rate"] = float(counts[:, num].sum() / total) if total else 0.0
-        num_b, den_b = counts[picks, num].sum(1), counts[picks, den].sum(1)
-        rates = np.divide(num_b, den_b, out=np.zeros_like(num_b), where=den_b > 0)
-        out[f"{name}_low"], out[f"{name}_high"] = (float(q) for q in np.quantile(rates, [0.025, 0.975]))
+    independent of each other); the retry rate over ``retries`` (their retry runs), resampling tasks.
+    Also the counts they rest on."""
+    counts = np.concatenate([dialogue_counts(data) for data in cells])
+    retry = np.concatenate([retry_counts(data) for data in retries] or [np.zeros((0, 2))])
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(counts), size=(n_boot, len(counts)))
+    out = {"dialogues": len(counts), "retry_tasks": len(retry), "later_tries": int(retry[:, 1].sum()),
+           **{name: int(counts[:, COUNTS.index(name)].sum()) for name in ("attempts", "turns", "named_errors",
+                                                                            "later_turns")}}
+    for rate, (short, num, den) in POOLED.items():
+        out[rate], out[f"{short}_low"], out[f"{short}_high"] = _bootstrap(counts, COUNTS.index(num), COUNTS.index(den),
+                                                                          picks)
+    picks = rng.integers(0, len(retry), size=(n_boot, len(retry)))
+    for rate, (short, num, den) in RETRY.items():
+        out[rate], out[f"{short}_low"], out[f"{short}_high"] = _bootstrap(
+            retry, RETRY_COUNTS.index(num), RETRY_COUNTS.index(den), picks)
     return out
 
 
 EVAL_COLUMNS = ["condition", "train_domain", "eval_domain", "variant", "seed", "turn", "success", "n"]
 INTERVAL_COLUMNS = ["condition", "train_domain", "eval_domain", "variant", "dialogues", "attempts", "turns",
                     "premature_rate", "premature_low", "premature_high", "question_rate", "question_low",
-                    "question_high"]
+                    "question_high", "named_errors", "later_turns", "retry_tasks", "later_tries",
+                    "well_formed_rate", "well_formed_low", "well_formed_high", "feedback_uptake_rate",
+                    "feedback_uptake_low", "feedback_uptake_high", "solve_rate_after_feedback",
+                    "solve_after_feedback_low", "solve_after_feedback_high", "solve_rate_after_retry",
+                    "solve_after_retry_low", "solve_after_retry_high"]
 BEHAVIOUR_COLUMNS = ["condition", "train_domain", "eval_domain", "variant", "seed", "premature_rate",
-                     "question_rate", "mean_turns_to_solve", "leak_rate"]
+                     "question_rate", "mean_turns_to_solve", "leak_rate", "well_formed_rate", "feedback_uptake_rate",
+                     "solve_rate_after_feedback", "solve_rate_after_retry"]
 KEYS = ["condition", "train_domain", "eval_domain", "variant", "seed"]
 
 
