@@ -147,28 +147,33 @@ class ScriptedTeacher(Teacher):
         if "direction" in self.feedback and said is not None and gold is not None and said != gold:
             parts.append(f"Your answer {check['extracted']} is too {'high' if said > gold else 'low'}.")
         if "step" in self.feedback:
-            located, view.named = self._first_wrong_equation(view.messages[-1]["content"])
-            parts.extend(located or [self._next_hint(view)])
+            located, view.named = self._first_wrong_equation(view.messages[-1]["content"], task)
+            parts.append(located or self._next_hint(view))
         return [p for p in parts if p] or ["That is not right."]
 
-    @staticmethod
-    def _first_wrong_equation(text: str) -> tuple[list[str], dict | None]:
-        """Where the student's work first goes wrong, and (as a separate part, which the leak
-        filter may drop) the corrected value; with the error named (``TeacherView.named``)."""
+    def _first_wrong_equation(self, text: str, task: dict) -> tuple[str, dict | None]:
+        """Where the student's work first goes wrong, as one statement worded so that it does not give the
+        answer away, and the error it names (``TeacherView.named``). An operand or the student's own number
+        can equal the answer ("0 - 1 is not 0" when the answer is 0), and so can the corrected value: then
+        the step is named by its index, or the value is left out; never half a statement."""
         for k, match in enumerate(_EQUATION.finditer(text), start=1):
             if match.group(2):
                 a, op, b, c = Fraction(match.group(1)), match.group(2), Fraction(match.group(3)), Fraction(match.group(4))
                 if op == "/" and b == 0:
-                    return [f"In '{match.group(0)}' you divide by zero."], None
+                    return f"In '{match.group(0)}' you divide by zero.", None
                 right = {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else None}[op]  # the dict is built for every op
                 shown = f"{match.group(1)} {op} {match.group(3)}"
             else:
                 c, right, shown = Fraction(match.group(6)), -Fraction(match.group(5)), f"-({match.group(5)})"
             if right != c:
-                said = f"Check your work: {shown} is not {match.group(4) or match.group(6)}."
-                value = format_number(right)
-                return [said, f"It is {value}."], {"step": k, "value": value, "said": said}
-        return [], None
+                value, wrong = format_number(right), match.group(4) or match.group(6)
+                wordings = (f"Check your work: {shown} is not {wrong}. It is {value}.",
+                            f"Check your work: step {k} should be {value}.",
+                            f"Check your work: {shown} is not {wrong}.",
+                            f"Check your work: step {k} is not right.")  # "step k" never counts as a leak
+                said = next(w for w in wordings if self.reveal_answer or not leaks(w, task))
+                return said, {"step": k, "value": value, "said": said}
+        return "", None
 
     # code -------------------------------------------------------------------------------------
     def _code_feedback(self, view: TeacherView) -> list[str]:
