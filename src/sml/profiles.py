@@ -19,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-from .settings import check as check_params
+from .settings import check
 
 PROFILES = Path(__file__).resolve().parents[2] / "profiles"
 COMMENT_COLUMN = 28
@@ -87,7 +87,7 @@ def apply(name: str, params_path="params.yaml", folder=PROFILES) -> tuple[str, d
         if _get(new, key) != value:
             raise ValueError(f"profile {name!r}: {key} would read back as {_get(new, key)!r}, not {value!r}")
     try:
-        check_params(new)
+        check(new)
     except ValueError as e:
         raise ValueError(f"profile {name!r} applied to {params_path}:\n{e}") from None
     return new_text, {k: (_get(old, k), v) for k, v in values.items() if _get(old, k) != v}

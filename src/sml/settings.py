@@ -242,11 +242,8 @@ class Settings(SimpleNamespace):
 
     def show(self, *sections: str) -> str:
         """The sections' values as YAML lines (all sections when none is named)."""
-        lines = []
-        for name in sections or SECTIONS:
-            lines.append(f"{name}:")
-            lines += [f"  {k}: {v!r}" for k, v in getattr(self, name).model_dump().items()]
-        return "\n".join(lines)
+        return "\n".join(f"{name}:\n" + "\n".join(f"  {k}: {v!r}" for k, v in values.items())
+                         for name, values in self.dump(*sections).items())
 
     def dump(self, *sections: str) -> dict:
         return {name: getattr(self, name).model_dump() for name in sections or SECTIONS}
