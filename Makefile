@@ -47,7 +47,7 @@ bench: setup
 bench-gpu: setup
 	PYTHONPATH=src $(BIN)/python -m benchmarks.bench_gpu --out metrics/bench_gpu.json
 
-# Switch params.yaml to a profile (profiles/*.yaml), e.g. `make profile PROFILE=qwen2.5-7b`; PROFILE=tiny-cpu switches back.
+# Switch params.yaml to a profile (profiles/*.yaml), e.g. `make profile PROFILE=qwen2.5-7b`; `git checkout params.yaml` switches back.
 profile: setup
 	PYTHONPATH=src $(BIN)/python -m sml.profiles $(PROFILE) --write
 

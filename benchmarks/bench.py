@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from sml import settings
 from sml.dialogue.engine import run_dialogues
 from sml.dialogue.student import Student, left_pad
 from sml.tasks.build import load_tasks
@@ -117,6 +118,13 @@ def ratio_bound(tokens: int, raw: list[tuple[int, float]], raw_prefill_s: float,
         "replies_at_opening_cost": ratio(raw_prefill_s * replies / opening_tokens)}, **extra}
 
 
+def engine_settings(max_new_tokens: int, temperature: float, batch_size: int) -> settings.Dialogue:
+    """The engine's settings in a benchmark run: sampling as asked, the leak audit on, as in the pipeline."""
+    return settings.Dialogue(gamma=0.7, train_turns=4, eval_turns=10, temperature=temperature, top_p=1.0,
+                             max_new_tokens=max_new_tokens, batch_size=batch_size, shard_reveal="every_turn",
+                             block_leaks=True)
+
+
 def bench(student: Student, tasks, n_dialogues: int = 64, turns: int = 4, max_new_tokens: int = 96,
           temperature: float = 1.0, repeats: int = 3, seed: int = 0, naive_dialogues: int | None = None) -> dict:
     """The measurements described above; ``naive_dialogues`` runs the naive loop on only the first that many
@@ -125,12 +133,13 @@ def bench(student: Student, tasks, n_dialogues: int = 64, turns: int = 4, max_ne
     if len(tasks) < n_dialogues:
         raise ValueError(f"bench: {n_dialogues} dialogues asked for but only {len(tasks)} tasks available")
     teacher = ScriptedTeacher()
-    common = dict(max_turns=turns, max_new_tokens=max_new_tokens, temperature=temperature, progress=False, seed=seed)
-    run_dialogues(tasks[:8], student, teacher, **common)  # warm-up
+    common = dict(max_turns=turns, progress=False, seed=seed)
+    batched, one = (engine_settings(max_new_tokens, temperature, batch) for batch in (n_dialogues, 1))
+    run_dialogues(tasks[:8], student, teacher, batched, **common)  # warm-up
 
     engine = []
     for _ in range(repeats):
-        dialogues, seconds = _timed(lambda: run_dialogues(tasks, student, teacher, batch_size=n_dialogues, **common))
+        dialogues, seconds = _timed(lambda: run_dialogues(tasks, student, teacher, batched, **common))
         rounds = max(d.turns for d in dialogues)
         engine.append((student_tokens(dialogues), seconds, rounds))
     tokens, _, rounds = engine[-1]  # the run whose dialogues are kept below
@@ -151,12 +160,12 @@ def bench(student: Student, tasks, n_dialogues: int = 64, turns: int = 4, max_ne
     raw_prefill = statistics.median(_timed(lambda: _forced(student, openings, 1, temperature))[1]
                                     for _ in range(repeats))
     traced = []  # the breakdown run's dialogues (same seed as the runs above)
-    breakdown = forward_breakdown(student, lambda: traced.extend(run_dialogues(tasks, student, teacher,
-                                                                               batch_size=n_dialogues, **common)))
+    breakdown = forward_breakdown(student, lambda: traced.extend(run_dialogues(tasks, student, teacher, batched,
+                                                                               **common)))
     naive = []
     for _ in range(repeats):
         dialogues, seconds = _timed(lambda: [d for t in tasks[:naive_dialogues] for d in run_dialogues(
-            [t], student, teacher, batch_size=1, **common)])
+            [t], student, teacher, one, **common)])
         naive.append((student_tokens(dialogues), seconds))
 
     rate = lambda runs: statistics.median(t / s for t, s, *_ in runs)

@@ -35,6 +35,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from benchmarks import bench
+from sml import settings
 from sml.train.base_model import train_tokenizer
 from sml.dialogue.student import Student, load_tokenizer
 from sml.tasks import toy_math
@@ -109,12 +110,17 @@ def time_grpo(model, tokenizer, tasks, *, steps: int, tasks_per_step: int, group
     forward, backward and optimiser step), the first step left out of the mean when there are more."""
     from sml.train import grpo, sft  # here: trl is needed only when GRPO is timed (--grpo-steps 0 runs without it)
 
-    model = sft.add_adapter(model, r=16, alpha=32, seed=0)
+    finetune = settings.Finetune(lora_r=16, lora_alpha=32, lora_dropout=0.0, epochs=1.0, batch_size=1, lr=1e-5)
+    online = settings.OnlineSML(init="base", n_tasks=len(tasks), steps=steps, tasks_per_step=tasks_per_step,
+                                group_size=group_size, lr=1e-5, credit="conversation", beta=0.0, micro_batch=0)
+    generation = settings.Generation(grpo="engine", vllm_mode="colocate", vllm_server_url="", vllm_gpu_memory=0.3,
+                                     eval="local", eval_base_url="", eval_api_key_env="OPENAI_API_KEY")
+    model = sft.add_adapter(model, finetune, seed=0)
     with tempfile.TemporaryDirectory() as out_dir:
         start = time.perf_counter()
-        history = grpo.train(model, tokenizer, tasks, ScriptedTeacher(), out_dir, steps=steps,
-                             tasks_per_step=tasks_per_step, group_size=group_size, lr=1e-5, seed=0,
-                             max_turns=max_turns, gamma=0.7, max_new_tokens=max_new_tokens, bf16=bf16)
+        history = grpo.train(model, tokenizer, tasks, ScriptedTeacher(), out_dir, online,
+                             bench.engine_settings(max_new_tokens, 1.0, 64), generation, seed=0, max_turns=max_turns,
+                             bf16=bf16)
         wall = time.perf_counter() - start
     times = [h["step_time"] for h in history if "step_time" in h]
     warm = times[1:] or times

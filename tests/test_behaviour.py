@@ -4,6 +4,7 @@ pooled rates with their intervals that go into metrics/summary.json."""
 import datasets
 import pandas as pd
 import pytest
+import sections
 
 from sml.evaluation import collect, transcripts
 from sml.dialogue.engine import run_dialogues
@@ -61,8 +62,9 @@ def test_premature_attempts_on_hand_built_sharded_dialogues(tok, model):
         "mixed": ([True, False, False], [True, False, True]),
     }
     for mode, column in (("every_turn", 0), ("on_question", 1)):
-        runs = {name: run_dialogues([task], replay(tok, model, turns), ScriptedTeacher(), variant="sharded", max_turns=3,
-                                    shard_reveal=mode, progress=False)[0] for name, turns in scripts.items()}
+        runs = {name: run_dialogues([task], replay(tok, model, turns), ScriptedTeacher(),
+                                    sections.dialogue(shard_reveal=mode), variant="sharded", max_turns=3,
+                                    progress=False)[0] for name, turns in scripts.items()}
         for name, d in runs.items():
             assert d.premature == expected[name][column], (mode, name)
         data = transcripts.to_dataset(runs.values(), 0.7)
@@ -134,8 +136,8 @@ def test_engine_labels_turns_with_the_classifier_it_is_given(tok, model):
             return ["question"] * len(replies)
 
     judge, right = AllQuestions(), "3 + 4 = 7\n7 * 5 = 35\nThe answer is 35."
-    (d,) = run_dialogues([math_task()], replay(tok, model, [right, right]), ScriptedTeacher(), max_turns=2,
-                         classifier=judge, progress=False)
+    (d,) = run_dialogues([math_task()], replay(tok, model, [right, right]), ScriptedTeacher(), sections.dialogue(),
+                         max_turns=2, classifier=judge, progress=False)
     assert d.labels == ["question", "question"] and d.solved_turn == 0
     assert judge.seen == [(1, [right]), (3, [right])]  # the dialogue before the reply, and the reply
     assert d.messages[2]["content"].startswith("Hint: step 1")

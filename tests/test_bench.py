@@ -43,9 +43,10 @@ def test_breakdown_tells_reply_prefills_from_openings():
     tok = tiny_tokenizer()
     student = Student(tiny_model(tok), tok, device="cpu")
     tasks, runs = toy_math.generate(6, 4), []
-    kwargs = dict(max_turns=3, max_new_tokens=6, batch_size=6, progress=False, seed=1)
+    kwargs = dict(max_turns=3, progress=False, seed=1)
+    dialogue = bench.engine_settings(max_new_tokens=6, temperature=1.0, batch_size=6)
     breakdown = bench.forward_breakdown(student, lambda: runs.append(
-        run_dialogues(tasks, student, ScriptedTeacher(), **kwargs)))
+        run_dialogues(tasks, student, ScriptedTeacher(), dialogue, **kwargs)))
     dialogues = runs[0]
     rounds = max(d.turns for d in dialogues)
     assert rounds >= 2  # the tiny model rarely solves anything: there are replies to read
@@ -57,7 +58,7 @@ def test_breakdown_tells_reply_prefills_from_openings():
     # padding only adds: the padded count covers every reply token (a turn cut at the cap adds its last token)
     assert breakdown["reply_prefill_padded_tokens"] >= bench.reply_tokens(dialogues)
     # the same run without the KV cache re-reads whole conversations: nothing reads a past
-    plain = bench.forward_breakdown(student, lambda: run_dialogues(tasks, student, ScriptedTeacher(),
+    plain = bench.forward_breakdown(student, lambda: run_dialogues(tasks, student, ScriptedTeacher(), dialogue,
                                                                    reuse_cache=False, **kwargs))
     assert plain["reply_prefill_s"] == 0 and plain["reply_prefill_padded_tokens"] == 0
     assert plain["opening_prefill_s"] > 0 and plain["prefill_calls"] == rounds

@@ -8,6 +8,7 @@ import re
 
 import pandas as pd
 import pytest
+import sections
 from tiny_models import ReplayStudent, tiny_model, tiny_tokenizer
 
 from sml.evaluation import transcripts
@@ -49,7 +50,7 @@ def test_reward_labels_and_drop_out(tok, model):
     tasks = [math_task(i=0), math_task("2 + 2", "4", i=1)]
     student = replay(tok, model, ["The answer is 30.", "What is step 1?", "3 + 4 = 7\n7 * 5 = 35\nThe answer is 35.",
                                   "The answer is 5."])
-    ds = run_dialogues(tasks, student, ScriptedTeacher(), max_turns=4, gamma=0.7, progress=False)
+    ds = run_dialogues(tasks, student, ScriptedTeacher(), sections.dialogue(gamma=0.7), max_turns=4, progress=False)
     first = ds[0]
     assert first.labels == ["attempt", "question", "attempt"]
     assert first.correct == [False, False, True]
@@ -77,7 +78,8 @@ def test_located_error_is_corrected_unless_that_gives_the_answer_away(tok, model
 def test_sharded_dialogue_reveals_one_shard_per_turn_and_flags_premature_attempts(tok, model):
     task = math_task()  # shards: intent, step 1, step 2
     student = replay(tok, model, ["The answer is 1.", "What is step 2?", "3 + 4 = 7\n7 * 5 = 35\nThe answer is 35."])
-    (d,) = run_dialogues([task], student, ScriptedTeacher(), variant="sharded", max_turns=3, progress=False)
+    (d,) = run_dialogues([task], student, ScriptedTeacher(), sections.dialogue(), variant="sharded", max_turns=3,
+                         progress=False)
     assert d.messages[0]["content"] == task["shards"][0]
     assert d.revealed == [1, 2, 3]
     assert task["shards"][1] in d.messages[2]["content"] and task["shards"][2] in d.messages[4]["content"]
@@ -88,8 +90,8 @@ def test_sharded_dialogue_reveals_one_shard_per_turn_and_flags_premature_attempt
 def test_asked_for_shard_is_revealed_first(tok, model):
     task = math_task()
     student = replay(tok, model, ["What is step 2?", "ok", "ok"])
-    (d,) = run_dialogues([task], student, ScriptedTeacher(), variant="sharded", max_turns=3,
-                         shard_reveal="on_question", progress=False)
+    (d,) = run_dialogues([task], student, ScriptedTeacher(), sections.dialogue(shard_reveal="on_question"),
+                         variant="sharded", max_turns=3, progress=False)
     assert task["shards"][2] in d.messages[2]["content"]
     assert task["shards"][1] not in d.messages[4]["content"]  # "ok" is not a question: nothing revealed
     assert d.revealed == [1, 2, 2]
@@ -99,31 +101,10 @@ def test_code_feedback_names_a_failing_test_with_expected_and_actual(tok, model)
     task = toy_code.generate(1, 0)[0]
     wrong = "```python\ndef f(" + task["solution"].split("def f(")[1].split(")")[0] + "):\n    return 0\n```"
     student = replay(tok, model, [wrong, "```python\n" + task["solution"] + "```"])
-    (d,) = run_dialogues([task], student, ScriptedTeacher(), max_turns=2, progress=False)
+    (d,) = run_dialogues([task], student, ScriptedTeacher(), sections.dialogue(), max_turns=2, progress=False)
     feedback = d.messages[2]["content"]
     assert re.search(r"passes \d of 5 tests", feedback) and "returned 0 but should return" in feedback
     assert d.correct == [False, True]
-
-
-def test_bad_settings_are_named(tok, model):
-    with pytest.raises(ValueError, match="dialogue.max_turns"):
-        run_dialogues([math_task()], replay(tok, model, ["1"]), ScriptedTeacher(), max_turns=0)
-    with pytest.raises(ValueError, match="dialogue.gamma"):
-        run_dialogues([math_task()], replay(tok, model, ["1"]), ScriptedTeacher(), gamma=1.5)
-    with pytest.raises(ValueError, match="teacher.feedback"):
-        ScriptedTeacher(feedback="verdict,praise")
-
-
-# --- leaking teachers -----------------------------------------------------------------------------
-
-def test_a_leaking_teacher_is_caught_and_blocked(tok, model):
-    task = math_task()
-    student = replay(tok, model, ["The answer is 1."] * 4)
-    leaky = ScriptedTeacher(reveal_answer=True)
-    (d,) = run_dialogues([task], student, leaky, max_turns=4, progress=False, block_leaks=True)
-    assert d.leaks[-1] and all("35" not in m["content"] for m in d.messages[1:])
-    (d,) = run_dialogues([task], student, leaky, max_turns=4, progress=False, block_leaks=False)
-    assert any("35" in m["content"] for m in d.messages[1:])
 
 
 def _states_answer(message, answer):
@@ -160,8 +141,8 @@ def test_teacher_never_reveals_the_answer_in_1000_dialogues(tok, model):
     student = ReplayStudent(tok, model, script)
     dialogues = []
     for variant in ("full", "sharded"):
-        dialogues += run_dialogues(tasks, student, ScriptedTeacher(), variant=variant, max_turns=6,
-                                   samples_per_task=2, block_leaks=False, progress=False)
+        dialogues += run_dialogues(tasks, student, ScriptedTeacher(), sections.dialogue(block_leaks=False),
+                                   variant=variant, max_turns=6, samples_per_task=2, progress=False)
     assert len(dialogues) == 1000
     replies = [(d.task, m["content"]) for d in dialogues for m in d.messages[1:] if m["role"] == "user"]
     assert len(replies) > 3000
@@ -181,7 +162,7 @@ def test_appended_turn_ids_equal_a_full_template_render(tok, model):
     assert student.pieces == ChatPieces("<|im_end|>\n", "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n")
     task = math_task()
     ds = run_dialogues([task], replay(tok, model, ["The answer is 1.", "2 + 2 = 5\nThe answer is 5.", "?"]),
-                       ScriptedTeacher(), max_turns=3, progress=False)
+                       ScriptedTeacher(), sections.dialogue(), max_turns=3, progress=False)
     d = ds[0]
     rendered = tok.apply_chat_template(d.messages, tokenize=False)
     assert tok.decode(d.ids, skip_special_tokens=False) + "<|im_end|>\n" == rendered
@@ -202,8 +183,8 @@ def test_batched_left_padded_sampling_matches_one_at_a_time(tok, model):
 def test_engine_runs_a_real_model_and_transcripts_round_trip(tok, model, tmp_path):
     student = Student(model, tok, device="cpu")
     tasks = toy_math.generate(6, 2)
-    ds = run_dialogues(tasks, student, ScriptedTeacher(), max_turns=3, samples_per_task=2, max_new_tokens=16,
-                       progress=False)
+    ds = run_dialogues(tasks, student, ScriptedTeacher(), sections.dialogue(max_new_tokens=16), max_turns=3,
+                       samples_per_task=2, progress=False)
     assert len(ds) == 12 and all(1 <= d.turns <= 3 for d in ds)
     for d in ds:
         assert len(d.student_ids) == d.turns and len(d.leaks) == d.turns - 1  # no reply after the last turn
@@ -238,7 +219,7 @@ def test_kv_cache_kept_between_turns_changes_nothing(tok, model):
     """Reusing each dialogue's KV cache across turns gives the same greedy dialogues as re-reading them."""
     student = Student(model, tok, device="cpu")
     tasks = toy_math.generate(6, 3)
-    runs = [run_dialogues(tasks, student, ScriptedTeacher(), max_turns=3, temperature=0, max_new_tokens=12,
-                          progress=False, reuse_cache=reuse) for reuse in (False, True)]
+    runs = [run_dialogues(tasks, student, ScriptedTeacher(), sections.dialogue(temperature=0, max_new_tokens=12),
+                          max_turns=3, progress=False, reuse_cache=reuse) for reuse in (False, True)]
     assert [d.student_ids for d in runs[0]] == [d.student_ids for d in runs[1]]
     assert sum(d.turns for d in runs[1]) > len(tasks)  # later turns did run from the cache

@@ -6,6 +6,7 @@ from collections import defaultdict
 
 import datasets
 import pytest
+import sections
 
 from sml.dialogue.engine import run_dialogues
 from sml.dialogue.teacher import ScriptedTeacher
@@ -25,8 +26,10 @@ def test_math_uptake_and_well_formed_turns_on_hand_written_dialogues(tok, model)
     A question after a named error is no attempt, so it does not count for uptake."""
     fixer = [WRONG_STEP_1, "3 + 4 = 7\n7 * 5 = 36\nThe answer is 36.", RIGHT]
     stuck = [WRONG_STEP_1, "3 + 4 = 9\n9 * 5 = 45\nThe answer is 45.", "What is step 1?", "I am lost."]
-    (a,) = run_dialogues([math_task()], replay(tok, model, fixer), ScriptedTeacher(), max_turns=4, progress=False)
-    (b,) = run_dialogues([math_task()], replay(tok, model, stuck), ScriptedTeacher(), max_turns=4, progress=False)
+    (a,) = run_dialogues([math_task()], replay(tok, model, fixer), ScriptedTeacher(), sections.dialogue(), max_turns=4,
+                         progress=False)
+    (b,) = run_dialogues([math_task()], replay(tok, model, stuck), ScriptedTeacher(), sections.dialogue(), max_turns=4,
+                         progress=False)
     # step 2's value is the answer: "It is 35." is dropped, "7 * 5 is not 36" still names the error
     assert a.named == ["step 1 = 7", "step 2 = 35"] and "35" not in a.messages[4]["content"]
     assert a.fixed == [False, True, True] and a.well_formed == [True, True, True] and a.solved_turn == 3
@@ -43,7 +46,7 @@ def test_math_uptake_and_well_formed_turns_on_hand_written_dialogues(tok, model)
 
 def test_a_blocked_reply_names_no_error(tok, model):
     (d,) = run_dialogues([math_task()], replay(tok, model, ["3 + 4 = 7\n7 * 5 = 36\nThe answer is 36."] * 2),
-                         ScriptedTeacher(reveal_answer=True), max_turns=2, progress=False)
+                         ScriptedTeacher(reveal_answer=True), sections.dialogue(), max_turns=2, progress=False)
     assert d.leaks == [True] and d.named == [""] and d.fixed == [False, False]
 
 
@@ -57,7 +60,8 @@ def test_code_uptake_and_well_formed_turns_on_hand_written_dialogues(tok, model)
              "```python\ndef f(s):\n    return 'ECACD' if s == 'ecabd' else s.upper()\n```",
              "```python\ndef f(s):\n    return s.upper(\n```",
              "What should f('b') return?"]
-    (d,) = run_dialogues([task], replay(tok, model, turns), ScriptedTeacher(), max_turns=4, progress=False)
+    (d,) = run_dialogues([task], replay(tok, model, turns), ScriptedTeacher(), sections.dialogue(), max_turns=4,
+                         progress=False)
     assert d.labels == ["attempt", "attempt", "attempt", "question"] and not d.solved_turn
     assert d.named == [task["tests"][0], task["tests"][2], ""]  # "does not run" names no test
     assert d.fixed == [False, True, False, False]
@@ -114,13 +118,14 @@ def test_retry_comparator_on_a_student_that_is_right_on_its_third_fresh_try(tok,
     tasks = [math_task(), math_task("2 + 2", "4", i=1)]
     student = replay(tok, model, [])
     student.script = third_try
-    data, hazard, curve = retry_comparator(student, ScriptedTeacher(), tasks, tries=4, seed=0, progress=False)
+    data, hazard, curve = retry_comparator(student, ScriptedTeacher(), tasks, sections.dialogue(eval_turns=4), seed=0,
+                                           progress=False)
     assert len(data) == 8 and set(data["turns"]) == {1} and sorted(data["sample"]) == [0, 0, 1, 1, 2, 2, 3, 3]
     assert hazard == pytest.approx(1 / 5)  # tries 2..4 of task 2 (3) and 2..3 of task 1 (2), one success
     assert curve["success"].tolist() == [0.0, 0.0, 0.5, 0.5] and curve["n"].tolist() == [2] * 4
     dialogue = replay(tok, model, ["The answer is 1.", RIGHT, RIGHT, RIGHT])
-    _, _, row = evaluate(dialogue, ScriptedTeacher(), tasks, condition="base", train_domain="none", variant="full",
-                         seed=0, max_turns=4, retries=data, progress=False)
+    _, _, row = evaluate(dialogue, ScriptedTeacher(), tasks, sections.dialogue(eval_turns=4), condition="base",
+                         train_domain="none", variant="full", seed=0, retries=data, progress=False)
     assert list(row) == transcripts.BEHAVIOUR_COLUMNS
     # later turns: 1 of task 1 (solved at 2), 3 of task 2; no wrong step is shown, so no uptake to measure
     assert row["solve_rate_after_feedback"] == pytest.approx(1 / 4)

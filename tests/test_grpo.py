@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 import datasets
 import pytest
+import sections
 import torch
 from trl import GRPOTrainer
 
@@ -29,8 +30,8 @@ def dialogue(tok, solved_at, max_turns=4, seed=3):
         t = next(turn)
         return f"I get {answer}. The answer is {answer}." if t == solved_at else f"The answer is {answer + t}."
 
-    [d] = run_dialogues([task], ReplayStudent(tok, tiny_model(tok), script), ScriptedTeacher(), max_turns=max_turns,
-                        progress=False)
+    [d] = run_dialogues([task], ReplayStudent(tok, tiny_model(tok), script), ScriptedTeacher(), sections.dialogue(),
+                        max_turns=max_turns, progress=False)
     return d
 
 
@@ -69,7 +70,7 @@ def test_rollout_func_returns_one_conversation_per_prompt_received(tok):
     model = tiny_model(tok)
     trainer = SimpleNamespace(model=model, processing_class=tok, accelerator=SimpleNamespace(unwrap_model=lambda m: m),
                               state=SimpleNamespace(global_step=0), args=SimpleNamespace(seed=0))
-    rollout = grpo.make_rollout_func(tasks, ScriptedTeacher(), max_turns=2, max_new_tokens=8)
+    rollout = grpo.make_rollout_func(tasks, ScriptedTeacher(), sections.dialogue(max_new_tokens=8), max_turns=2)
     prompts = [t["prompt"] for t in tasks for _ in range(3)]  # trl repeats each prompt once per generation
     model.train()
     out = rollout(prompts, trainer)
@@ -116,14 +117,16 @@ def length_reward(completions, **kwargs):
     return [-float(len(c)) for c in completions]
 
 
-def trainer_for(tok, tasks, trainer_class=None, steps=1, lr=0.05, micro_batch=0, **rollout_kwargs):
-    model = sft.add_adapter(tiny_model(tok), r=4, alpha=8, seed=0)
-    config = grpo.grpo_config("/tmp/sml-test-grpo", steps=steps, tasks_per_step=2, group_size=4, lr=lr, seed=0,
-                              micro_batch=micro_batch)
+def trainer_for(tok, tasks, trainer_class=None, steps=1, lr=0.05, micro_batch=0, max_turns=2, temperature=1.0):
+    model = sft.add_adapter(tiny_model(tok), sections.finetune(), seed=0)
+    config = grpo.grpo_config("/tmp/sml-test-grpo", sections.online(steps=steps, lr=lr, micro_batch=micro_batch),
+                              seed=0)
     return (trainer_class or GRPOTrainer)(
         model=model, reward_funcs=length_reward, args=config, processing_class=tok,
         train_dataset=datasets.Dataset.from_dict({"prompt": [t["prompt"] for t in tasks]}),
-        rollout_func=grpo.make_rollout_func(tasks, ScriptedTeacher(), max_new_tokens=8, **rollout_kwargs))
+        rollout_func=grpo.make_rollout_func(tasks, ScriptedTeacher(),
+                                            sections.dialogue(max_new_tokens=8, temperature=temperature),
+                                            max_turns=max_turns))
 
 
 def student_logprob(model, sample) -> float:
@@ -211,20 +214,8 @@ def test_micro_batches_accumulate_to_the_same_step(tok):
     assert all(torch.allclose(updates[0][n], updates[1][n], atol=1e-5) for n in updates[0])
 
 
-def test_grpo_settings_are_checked_by_name(tok):
-    with pytest.raises(ValueError, match="online_sml.group_size"):
-        grpo.grpo_config("/tmp/x", steps=1, tasks_per_step=1, group_size=1, lr=1e-3, seed=0)
-    with pytest.raises(ValueError, match="online_sml.steps"):
-        grpo.grpo_config("/tmp/x", steps=0, tasks_per_step=1, group_size=4, lr=1e-3, seed=0)
-    with pytest.raises(ValueError, match="online_sml.micro_batch: must be 0 or divide the 8 conversations"):
-        grpo.grpo_config("/tmp/x", steps=1, tasks_per_step=2, group_size=4, lr=1e-3, seed=0, micro_batch=3)
-    with pytest.raises(ValueError, match="online_sml.credit"):
-        grpo.train(None, tok, toy_math.generate(2, 0), ScriptedTeacher(), "/tmp/x", steps=1, tasks_per_step=1,
-                   group_size=2, lr=1e-3, seed=0, max_turns=2, gamma=0.7, credit="token")
-
-
 def test_grpo_trains_in_bf16_exactly_when_asked(tmp_path):
     """student.dtype bfloat16 -> bf16 mixed precision, as SFT (on a CPU-only machine through the CPU's autocast)."""
     def config(bf16):
-        return grpo.grpo_config(str(tmp_path), steps=1, tasks_per_step=1, group_size=2, lr=1e-3, seed=0, bf16=bf16)
+        return grpo.grpo_config(str(tmp_path), sections.online(), seed=0, bf16=bf16)
     assert config(True).bf16 and not config(False).bf16

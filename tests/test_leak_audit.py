@@ -8,6 +8,7 @@ import re
 from collections import Counter
 
 import pytest
+import sections
 from tiny_models import ReplayStudent, tiny_model, tiny_tokenizer
 
 from sml.dialogue.engine import run_dialogues
@@ -48,8 +49,8 @@ def dialogues():
     tasks = toy_math.generate(250, seed=3, generator="chain_sum", min_terms=2, max_terms=3, min_digits=1, max_digits=1)
     tok = tiny_tokenizer()
     student = ReplayStudent(tok, tiny_model(tok), sloppy_worker(tasks))
-    return run_dialogues(tasks, student, ScriptedTeacher(feedback="step"), max_turns=3, samples_per_task=4,
-                         seed=0, progress=False)
+    return run_dialogues(tasks, student, ScriptedTeacher(feedback="step"), sections.dialogue(), max_turns=3,
+                         samples_per_task=4, seed=0, progress=False)
 
 
 def test_no_teacher_message_is_left_dangling(dialogues):

@@ -10,6 +10,7 @@ import time
 import urllib.request
 
 import pytest
+import sections
 import torch
 
 from sml.train.base_model import build_model, train_tokenizer
@@ -161,17 +162,12 @@ def test_unreachable_endpoint_fails_clearly_instead_of_hanging(views, silent):
 
 
 def test_make_teacher(model_dir, tmp_path):
-    scripted = make_teacher({"kind": "scripted", "feedback": "verdict,step", "reveal_answer": True})
+    scripted = make_teacher(sections.teacher(feedback="verdict,step", reveal_answer=True))
     assert isinstance(scripted, ScriptedTeacher) and scripted.feedback == ["verdict", "step"] and scripted.reveal_answer
-    assert isinstance(make_teacher({}), ScriptedTeacher)
-    endpoint = make_teacher({"kind": "openai", "model": "m", "base_url": "http://localhost:8000/v1/", "timeout_s": 5})
+    endpoint = make_teacher(sections.teacher(kind="openai", model="m", base_url="http://localhost:8000/v1/",
+                                             cache_dir="data/teacher_cache"), tmp_path)
     assert isinstance(endpoint, OpenAITeacher) and endpoint.base_url == "http://localhost:8000/v1"
-    assert (endpoint.timeout_s, endpoint.max_retries, endpoint.params) == (5, 3, {"max_new_tokens": 96, "temperature": 0.0})
-    local = make_teacher({"kind": "hf", "model": model_dir, "cache_dir": str(tmp_path), "max_new_tokens": 4})
-    assert isinstance(local, HFTeacher) and local.params["max_new_tokens"] == 4
-    for params, key in [({"kind": "gpt"}, "teacher.kind"), ({"kind": "hf"}, "teacher.model"),
-                        ({"kind": "openai", "model": "m"}, "teacher.base_url"),
-                        ({"kind": "hf", "model": "m", "reveal_answer": True}, "teacher.reveal_answer"),
-                        ({"kind": "scripted", "feedback": "praise"}, "teacher.feedback")]:
-        with pytest.raises(ValueError, match=re.escape(key)):
-            make_teacher(params)
+    assert endpoint.cache_dir == tmp_path / "data" / "teacher_cache"  # under out_root
+    assert (endpoint.max_retries, endpoint.params) == (3, {"max_new_tokens": 96, "temperature": 0.0})
+    local = make_teacher(sections.teacher(kind="hf", model=model_dir))
+    assert isinstance(local, HFTeacher) and local.cache_dir is None

@@ -12,9 +12,7 @@ import pytest  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.container import BarContainer  # noqa: E402
 
-from sml import paths, settings  # noqa: E402
-from sml.dialogue.llm_teacher import make_teacher  # noqa: E402
-from sml.dialogue.teacher import ScriptedTeacher  # noqa: E402
+from sml import paths  # noqa: E402
 from sml.evaluation import plots  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,14 +109,6 @@ def test_model_path_prefers_a_path_under_out_root(tmp_path):
     elsewhere.mkdir()
     assert paths.model_path(tmp_path / "run", str(elsewhere)) == elsewhere  # an absolute local path stays itself
     assert paths.model_path(tmp_path / "run", "models/base_student") == "models/base_student"  # not there: as given
-
-
-def test_a_settings_section_resolves_its_folders_under_out_root(tmp_path):
-    cfg = settings.load(REPO / "params.yaml")
-    teacher = paths.resolved(cfg.teacher, tmp_path)
-    assert teacher == {**cfg.teacher.model_dump(), "cache_dir": str(tmp_path / cfg.teacher.cache_dir)}
-    assert paths.resolved(cfg.classifier, tmp_path)["cache_dir"] == str(tmp_path / cfg.classifier.cache_dir)
-    assert isinstance(make_teacher(teacher), ScriptedTeacher)
 
 
 def test_figures_dir_is_created(tmp_path):

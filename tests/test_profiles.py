@@ -1,5 +1,5 @@
-"""Profiles (profiles/*.yaml): each one validates against the schema when applied to params.yaml, they all
-set the same keys, tiny-cpu is what params.yaml holds, and switching is lossless and all-or-nothing."""
+"""Profiles (profiles/*.yaml): each one validates against the schema when applied to params.yaml, holds only
+values that differ from params.yaml (a value is written in one place), and switching is all-or-nothing."""
 
 from pathlib import Path
 
@@ -18,30 +18,33 @@ def test_every_profile_validates_applied_to_params_yaml(name):
     settings.check(YAML(typ="safe").load(text))
 
 
-def test_there_is_a_real_profile_and_all_set_the_same_keys():
-    names = [n for n in profiles.names() if n != "smoke"]  # smoke: test sizes laid over params.yaml, not a switch
-    assert "tiny-cpu" in names and len(names) >= 2
-    keys = {name: set(profiles.load(name)) for name in names}
-    assert all(k == keys["tiny-cpu"] for k in keys.values()), keys
+@pytest.mark.parametrize("name", profiles.names())
+def test_a_profile_holds_only_what_differs_from_params_yaml(name):
+    _, changes = profiles.apply(name, PARAMS)
+    assert set(changes) == set(profiles.load(name)), f"{name} repeats params.yaml's value of " \
+        f"{sorted(set(profiles.load(name)) - set(changes))}: remove it from the profile"
 
 
-def test_tiny_cpu_is_the_default_and_switching_back_is_lossless(tmp_path):
-    assert profiles.apply("tiny-cpu", PARAMS) == (PARAMS.read_text(), {})
+def test_params_yaml_holds_the_embedded_default():
+    cfg = settings.load(PARAMS)
+    assert cfg.student.model == "models/base_student" and cfg.teacher.kind == "scripted"
+    assert cfg.generation.grpo == "engine" and cfg.generation.eval == "local" and cfg.student.dtype == "float32"
+
+
+def test_the_real_profile_has_the_papers_settings(tmp_path):
     copy = tmp_path / "params.yaml"
     copy.write_text(PARAMS.read_text())
-    for name in (n for n in profiles.names() if n != "smoke"):  # smoke lays test sizes over params.yaml
-        assert profiles.main([name, "--params", str(copy), "--write"]) == 0
-        assert profiles.main(["tiny-cpu", "--params", str(copy), "--write"]) == 0
-        assert copy.read_text() == PARAMS.read_text(), name  # comments and layout included
-
-
-def test_the_real_profile_has_the_papers_settings():
-    real = profiles.load("qwen2.5-7b")
-    assert real["online_sml.group_size"] == 8 and real["online_sml.beta"] == 0
-    assert (real["dialogue.gamma"], real["dialogue.train_turns"], real["dialogue.eval_turns"]) == (0.7, 4, 10)
-    assert real["train.seeds"] == [0, 1, 2] and (real["tasks.n_train"], real["tasks.n_eval"]) == (2000, 500)
-    assert real["student.model"] == real["teacher.model"]  # the same model teaches, with private knowledge
-    assert (real["train.math_source"], real["train.code_source"]) == ("omni_math", "opencodeinstruct")
+    assert profiles.main(["qwen2.5-7b", "--params", str(copy), "--write"]) == 0
+    real = YAML(typ="safe").load(copy.read_text())
+    assert real["online_sml"]["group_size"] == 8 and real["online_sml"]["beta"] == 0
+    assert (real["dialogue"]["gamma"], real["dialogue"]["train_turns"], real["dialogue"]["eval_turns"]) == (0.7, 4, 10)
+    assert real["train"]["seeds"] == [0, 1, 2] and (real["tasks"]["n_train"], real["tasks"]["n_eval"]) == (2000, 500)
+    assert real["student"]["model"] == real["teacher"]["model"]  # the same model teaches, with private knowledge
+    assert (real["train"]["math_source"], real["train"]["code_source"]) == ("omni_math", "opencodeinstruct")
+    settings.check(real)
+    # written values only: everything else, comments included, is params.yaml's
+    unchanged = [a for a, b in zip(PARAMS.read_text().split("\n"), copy.read_text().split("\n")) if a == b]
+    assert len(unchanged) == len(PARAMS.read_text().split("\n")) - len(profiles.load("qwen2.5-7b"))
 
 
 def test_a_bad_profile_is_rejected_by_key_and_nothing_is_written(tmp_path, capsys):

@@ -4,6 +4,7 @@ import math
 import random
 
 import pytest
+import sections
 
 from sml.train import qprime
 from sml.evaluation import transcripts
@@ -19,7 +20,7 @@ from test_dialogue import math_task, model, replay, tok  # noqa: F401 (model, to
 def test_injection_rate_follows_decay_to_the_turn(decay):
     """Over many failed turns the injected fraction at turn t is decay^t (within 4.5 binomial sigmas);
     a correct turn is never replaced."""
-    injection, rng, n = Injection(decay=decay), random.Random(0), 20000
+    injection, rng, n = Injection(decay=decay, source="template"), random.Random(0), 20000
     for turn in range(1, 5):
         chosen = injection.choose(turn, [None] * n, [False] * n, rng)
         p = injection_probability(turn, decay)
@@ -29,13 +30,9 @@ def test_injection_rate_follows_decay_to_the_turn(decay):
     assert injection.counts["turns"] == 4 * n
 
 
-def test_injection_is_reproducible_and_bad_settings_are_named():
-    draws = lambda: Injection().choose(1, [None] * 50, [False] * 50, random.Random(3))
+def test_injection_is_reproducible():
+    draws = lambda: Injection(decay=0.75, source="template").choose(1, [None] * 50, [False] * 50, random.Random(3))
     assert draws() == draws()
-    with pytest.raises(ValueError, match="q_priming.decay"):
-        Injection(decay=1.5)
-    with pytest.raises(ValueError, match="q_priming.question_source"):
-        Injection(source="teacher")
 
 
 def test_math_question_asks_for_the_first_wrong_step_not_yet_told():
@@ -80,8 +77,9 @@ def test_engine_replaces_failed_turns_with_questions_and_keeps_ids_consistent(to
     task = math_task("( 3 + 4 ) * 5 - 2", "33")
     right = "3 + 4 = 7\n7 * 5 = 35\n35 - 2 = 33\nThe answer is 33."
     student = replay(tok, model, ["The answer is 30.", "hmm", right])
-    injection = Injection(decay=1.0)
-    (d,) = run_dialogues([task], student, ScriptedTeacher(), max_turns=3, inject=injection, progress=False)
+    injection = Injection(decay=1.0, source="template")
+    (d,) = run_dialogues([task], student, ScriptedTeacher(), sections.dialogue(), max_turns=3, inject=injection,
+                         progress=False)
     assert d.injected == ["template", "template", ""] and d.labels == ["question", "question", "attempt"]
     assert d.solved_turn == 3 and d.premature == [False, False, False]
     assert d.messages[1]["content"] == "I am not sure about step 1. What is step 1?"
@@ -93,7 +91,8 @@ def test_engine_replaces_failed_turns_with_questions_and_keeps_ids_consistent(to
     assert injection.counts == {"turns": 2, "injected": 2, "model": 0, "template": 2}
     assert transcripts.record(d, 0.7)["injected"] == d.injected
     (plain,) = run_dialogues([task], replay(tok, model, ["The answer is 30.", "hmm", right]), ScriptedTeacher(),
-                             max_turns=3, inject=Injection(decay=0.0), progress=False)
+                             sections.dialogue(), max_turns=3, inject=Injection(decay=0.0, source="template"),
+                             progress=False)
     assert plain.injected == ["", "", ""] and plain.labels == ["attempt", "other", "attempt"]
 
 
@@ -104,12 +103,13 @@ def test_a_model_question_that_is_no_question_falls_back_to_the_template(tok, mo
     injection = Injection(decay=1.0, source="model", max_new_tokens=8)
     student = replay(tok, model, ["The answer is 30.", "The answer is 31."])
     student.generate = lambda prompts, *a, **k: [(student.encode("The answer is 12."), True) for _ in prompts]
-    (d,) = run_dialogues([task], student, ScriptedTeacher(), max_turns=2, inject=injection, progress=False)
+    (d,) = run_dialogues([task], student, ScriptedTeacher(), sections.dialogue(), max_turns=2, inject=injection,
+                         progress=False)
     assert d.injected == ["template", "template"]
     assert injection.counts["model"] == 0 and injection.counts["template"] == 2
     student.generate = lambda prompts, *a, **k: [(student.encode("Which step comes first?"), True) for _ in prompts]
-    (d,) = run_dialogues([task], student, ScriptedTeacher(), max_turns=2, inject=Injection(decay=1.0, source="model"),
-                         progress=False)
+    (d,) = run_dialogues([task], student, ScriptedTeacher(), sections.dialogue(), max_turns=2,
+                         inject=Injection(decay=1.0, source="model"), progress=False)
     assert d.injected == ["model", "model"] and d.messages[1]["content"] == "Which step comes first?"
 
 

@@ -6,6 +6,7 @@ with token-id prompts and ``return_token_ids``, ``/v1/load_lora_adapter``) and s
 import json
 
 import pytest
+import sections
 import torch
 
 from local_server import JSONHandler, serve
@@ -30,7 +31,7 @@ def checkpoint(tmp_path_factory):
     model = tiny_model(tokenizer)
     model.save_pretrained(root / "base")
     tokenizer.save_pretrained(root / "base")
-    peft = sft.add_adapter(model, r=4, alpha=8, seed=0)
+    peft = sft.add_adapter(model, sections.finetune(lora_r=4, lora_alpha=8), seed=0)
     with torch.no_grad():
         for name, p in peft.named_parameters():
             if "lora_B" in name:
@@ -81,15 +82,16 @@ def dialogues_as_data(dialogues):
 def test_greedy_dialogues_through_the_server_equal_the_local_adapter(checkpoint, server):
     adapter = checkpoint / "models" / "sml_online" / "math_s0"
     tasks = toy_math.generate(6, 3)
-    common = dict(max_turns=3, temperature=0.0, max_new_tokens=12, batch_size=4, progress=False, reuse_cache=False)
+    common = dict(max_turns=3, progress=False, reuse_cache=False)
+    dialogue = sections.dialogue(temperature=0.0, max_new_tokens=12, batch_size=4)
     remote = RemoteStudent.load(str(checkpoint / "base"), str(adapter), base_url=server)
     assert remote.served_model == "sml_online-math_s0"
     assert VLLMLike.requests[0] == ("/v1/load_lora_adapter", {"lora_name": "sml_online-math_s0", "lora_path": str(adapter)})
-    through_server = run_dialogues(tasks, remote, ScriptedTeacher(), **common)
+    through_server = run_dialogues(tasks, remote, ScriptedTeacher(), dialogue, **common)
     local = run_dialogues(tasks, Student.load(str(checkpoint / "base"), str(adapter), dtype="float32", device="cpu"),
-                          ScriptedTeacher(), **common)
+                          ScriptedTeacher(), dialogue, **common)
     base = run_dialogues(tasks, Student.load(str(checkpoint / "base"), dtype="float32", device="cpu"), ScriptedTeacher(),
-                         **common)
+                         dialogue, **common)
     assert dialogues_as_data(through_server) == dialogues_as_data(local)
     assert [d.student_ids for d in through_server] == [d.student_ids for d in local]
     assert dialogues_as_data(through_server) != dialogues_as_data(base)  # the adapter, not the base, answered
@@ -103,9 +105,9 @@ def test_greedy_dialogues_through_the_server_equal_the_local_adapter(checkpoint,
 
 def test_evaluation_cell_through_the_server(checkpoint, server):
     remote = RemoteStudent.load(str(checkpoint / "base"), base_url=server)
-    _, rows, behaviour = evaluate.evaluate(remote, ScriptedTeacher(), toy_math.generate(4, 5), condition="base",
-                                           train_domain="math", variant="full", seed=0, max_turns=2,
-                                           max_new_tokens=8, progress=False)
+    _, rows, behaviour = evaluate.evaluate(remote, ScriptedTeacher(), toy_math.generate(4, 5),
+                                           sections.dialogue(eval_turns=2, max_new_tokens=8), condition="base",
+                                           train_domain="math", variant="full", seed=0, progress=False)
     assert list(rows["turn"]) == [1, 2] and rows["success"].between(0, 1).all()
     assert behaviour["condition"] == "base"
 
@@ -143,27 +145,30 @@ def test_malformed_reply_is_retried_then_named(monkeypatch):
         server.shutdown()
 
 
-def test_adapter_names_and_missing_url():
+def test_adapter_names():
     assert adapter_name("models/sml_online/math_s0") == "sml_online-math_s0"
     assert adapter_name("/abs/out/models/st_rl/code_s2/") == "st_rl-code_s2"
-    with pytest.raises(ValueError, match="generation.eval_base_url: required"):
-        RemoteStudent.load("models/base_student", base_url="")
 
 
 # ---- data collection (offline SML, Q-priming): generation.eval reaches the rollouts too ----
 
-COLLECT = dict(max_turns=3, temperature=0.0, max_new_tokens=12, batch_size=4, samples_per_task=2, gamma=0.7,
-               progress=False)
+COLLECT = dict(max_turns=3, samples_per_task=2, progress=False)
+COLLECT_DIALOGUE = sections.dialogue(temperature=0.0, max_new_tokens=12, batch_size=4, gamma=0.7)
+LOCAL = sections.generation()
+
+
+def served(url):
+    return sections.generation(eval="openai", eval_base_url=url)
 
 
 def collecting_model(checkpoint):
     """The training model of a collection stage: the student as loaded, with a fresh LoRA adapter."""
     base = Student.load(str(checkpoint / "base"), dtype="float32", device="cpu")
-    return sft.add_adapter(base.model, r=4, alpha=8, seed=0), base.tokenizer
+    return sft.add_adapter(base.model, sections.finetune(lora_r=4, lora_alpha=8), seed=0), base.tokenizer
 
 
 def collect(student, tasks, **extra):
-    return resume.dialogues(tasks, student, ScriptedTeacher(), seed=1000, **COLLECT, **extra)
+    return resume.dialogues(tasks, student, ScriptedTeacher(), COLLECT_DIALOGUE, seed=1000, **COLLECT, **extra)
 
 
 def test_collection_with_a_fresh_adapter_samples_the_served_base(checkpoint, server, tmp_path):
@@ -171,14 +176,14 @@ def test_collection_with_a_fresh_adapter_samples_the_served_base(checkpoint, ser
     model samples (no adapter is saved or registered), exactly as in-process collection does."""
     model, tokenizer = collecting_model(checkpoint)
     tasks = toy_math.generate(4, 11)
-    remote = sft.rollout_student(model, tokenizer, str(checkpoint / "base"), backend="openai", base_url=server,
+    remote = sft.rollout_student(model, tokenizer, str(checkpoint / "base"), served(server),
                                  adapter_dir=tmp_path / "round1")
     assert remote.served_model == str(checkpoint / "base") and not (tmp_path / "round1").exists()
-    local = sft.rollout_student(model, tokenizer, str(checkpoint / "base"), backend="local")
+    local = sft.rollout_student(model, tokenizer, str(checkpoint / "base"), LOCAL)
     assert collect(remote, tasks)["messages"] == collect(local, tasks)["messages"]
     assert [path for path, _ in VLLMLike.requests if path != "/v1/completions"] == []
     # Q-priming: the student's own questions go through the server too
-    through_server, in_process = Injection(source="model"), Injection(source="model")
+    through_server, in_process = Injection(decay=0.75, source="model"), Injection(decay=0.75, source="model")
     asked = collect(remote, tasks, inject=through_server)
     assert asked["messages"] == collect(local, tasks, inject=in_process)["messages"]
     assert through_server.counts == in_process.counts and through_server.counts["injected"] > 0
@@ -195,15 +200,14 @@ def test_later_rounds_sample_the_adapter_just_trained_through_the_server(checkpo
     assert sft.trained(model)
     tasks = toy_math.generate(4, 12)
     adapter_dir = tmp_path / "work" / "sml_offline-math_s0-round2"
-    remote = sft.rollout_student(model, tokenizer, str(checkpoint / "base"), backend="openai", base_url=server,
-                                 adapter_dir=adapter_dir)
+    remote = sft.rollout_student(model, tokenizer, str(checkpoint / "base"), served(server), adapter_dir=adapter_dir)
     assert (adapter_dir / "adapter_config.json").exists()
     assert remote.served_model == "work-sml_offline-math_s0-round2"
     assert ("/v1/load_lora_adapter", {"lora_name": "work-sml_offline-math_s0-round2",
                                       "lora_path": str(adapter_dir.resolve())}) in VLLMLike.requests
-    local = sft.rollout_student(model, tokenizer, str(checkpoint / "base"), backend="local")
-    base = sft.rollout_student(sft.add_adapter(Student.load(str(checkpoint / "base"), dtype="float32").model, r=4,
-                                               alpha=8, seed=0), tokenizer, str(checkpoint / "base"))
+    local = sft.rollout_student(model, tokenizer, str(checkpoint / "base"), LOCAL)
+    fresh = sft.add_adapter(Student.load(str(checkpoint / "base"), dtype="float32").model, sections.finetune(), seed=0)
+    base = sft.rollout_student(fresh, tokenizer, str(checkpoint / "base"), LOCAL)
     through_server = collect(remote, tasks)
     assert through_server["messages"] == collect(local, tasks)["messages"]
     assert through_server["messages"] != collect(base, tasks)["messages"]  # the adapter, not the base, answered
@@ -231,11 +235,8 @@ def test_a_server_that_cannot_load_the_trained_adapter_is_named_with_the_setting
             next(p for n, p in model.named_parameters() if "lora_B" in n).fill_(0.1)
         with pytest.raises(RuntimeError, match=r"generation.eval 'openai' with offline_sml.rounds > 1: .*HTTP 404.*"
                                                r"VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"):
-            sft.rollout_student(model, tokenizer, NoRuntimeLoRA.base, backend="openai", base_url=url,
-                                adapter_dir=tmp_path / "round2")
+            sft.rollout_student(model, tokenizer, NoRuntimeLoRA.base, served(url), adapter_dir=tmp_path / "round2")
         with pytest.raises(ValueError, match="pass an adapter_dir"):
-            sft.rollout_student(model, tokenizer, NoRuntimeLoRA.base, backend="openai", base_url=url)
-        with pytest.raises(ValueError, match="generation.eval: must be one of"):
-            sft.rollout_student(model, tokenizer, NoRuntimeLoRA.base, backend="vllm")
+            sft.rollout_student(model, tokenizer, NoRuntimeLoRA.base, served(url))
     finally:
         server.shutdown()

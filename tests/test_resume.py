@@ -3,6 +3,7 @@ that continue exactly where a run stopped, and work folders that never resume st
 
 import datasets
 import pytest
+import sections
 import torch
 from transformers import TrainerCallback
 
@@ -15,7 +16,8 @@ from sml.tasks import toy_math
 from sml.dialogue.teacher import ScriptedTeacher
 from tiny_models import tiny_model, tiny_tokenizer
 
-ENGINE = dict(max_turns=3, gamma=0.7, max_new_tokens=12, temperature=1.5, progress=False)
+ENGINE = dict(max_turns=3, progress=False)
+DIALOGUE = sections.dialogue(gamma=0.7, max_new_tokens=12, temperature=1.5)
 
 
 @pytest.fixture(scope="module")
@@ -45,23 +47,24 @@ class FailingTeacher(ScriptedTeacher):
 
 def test_one_chunk_is_exactly_an_unchunked_run(student):
     tasks = toy_math.generate(6, 0)
-    plain = transcripts.to_dataset(run_dialogues(tasks, student, ScriptedTeacher(), seed=5, **ENGINE), 0.7)
-    assert resume.dialogues(tasks, student, ScriptedTeacher(), seed=5, **ENGINE).to_list() == plain.to_list()
+    plain = transcripts.to_dataset(run_dialogues(tasks, student, ScriptedTeacher(), DIALOGUE, seed=5, **ENGINE), 0.7)
+    assert resume.dialogues(tasks, student, ScriptedTeacher(), DIALOGUE, seed=5, **ENGINE).to_list() == plain.to_list()
 
 
 def test_interrupted_dialogues_resume_without_loss_or_repeats(student, tmp_path, monkeypatch):
     tasks = toy_math.generate(8, 1)
-    whole = resume.dialogues(tasks, student, ScriptedTeacher(), seed=3, chunk_tasks=3, **ENGINE)
+    whole = resume.dialogues(tasks, student, ScriptedTeacher(), DIALOGUE, seed=3, chunk_tasks=3, **ENGINE)
     # Each chunk asks the teacher once per turn but the last: 2 batches. Fail in the third chunk.
     with pytest.raises(RuntimeError, match=r"chunk 3 of 3.*the first 2 chunk\(s\) are kept in .*run again to resume"):
-        resume.dialogues(tasks, student, FailingTeacher(fail_after=4), seed=3, chunk_tasks=3, folder=tmp_path, **ENGINE)
+        resume.dialogues(tasks, student, FailingTeacher(fail_after=4), DIALOGUE, seed=3, chunk_tasks=3, folder=tmp_path, **ENGINE)
     kept = sorted(p.name for p in tmp_path.iterdir())
     assert kept == ["chunk-00000.jsonl", "chunk-00001.jsonl"]  # finished chunks only, no half-written file
 
     simulated = []
     real = resume.run_dialogues
     monkeypatch.setattr(resume, "run_dialogues", lambda chunk, *a, **k: simulated.append(len(chunk)) or real(chunk, *a, **k))
-    again = resume.dialogues(tasks, student, ScriptedTeacher(), seed=3, chunk_tasks=3, folder=tmp_path, **ENGINE)
+    again = resume.dialogues(tasks, student, ScriptedTeacher(), DIALOGUE, seed=3, chunk_tasks=3, folder=tmp_path,
+                             **ENGINE)
     assert simulated == [2]  # only the missing last chunk (8 = 3 + 3 + 2 tasks) ran again
     assert again.to_list() == whole.to_list()  # nothing lost, nothing twice, same dialogues
     assert len(set(again["id"])) == len(tasks)
@@ -89,9 +92,7 @@ def test_work_folders_are_keyed_by_settings_and_input_files(tmp_path):
     assert not other_stage.parent.exists() and (tmp_path / "out" / resume.WORK / "08_evaluate_x").exists()
 
 
-def test_bad_resume_settings_are_named(student):
-    with pytest.raises(ValueError, match="resume.chunk_tasks"):
-        resume.dialogues(toy_math.generate(2, 0), student, ScriptedTeacher(), seed=0, chunk_tasks=0, **ENGINE)
+def test_bad_resume_settings_are_named():
     with pytest.raises(ValueError, match="resume.checkpoint_steps"):
         resume.checkpointing(-1)
 
@@ -128,13 +129,14 @@ def assert_same_weights(a, b):
 
 def test_sft_resumes_from_its_checkpoint_exactly(tok, tmp_path):
     data = sft.single_turn(toy_math.generate(12, 0), 12, seed=0)  # 6 steps of 4 over 2 epochs
-    settings = dict(epochs=2, batch_size=4, lr=3e-3, seed=0, checkpoint_steps=2)
+    finetune = sections.finetune(epochs=2, batch_size=4, lr=3e-3)
 
     def run(folder, *callbacks):
-        model = sft.add_adapter(tiny_model(tok), r=4, alpha=8, seed=0)
+        model = sft.add_adapter(tiny_model(tok), sections.finetune(lora_r=4, lora_alpha=8), seed=0)
         log = Recorder()
         try:
-            history = sft.train(model, tok, data, str(folder), callbacks=[log, *callbacks], **settings)
+            history = sft.train(model, tok, data, str(folder), finetune, seed=0, callbacks=[log, *callbacks],
+                                checkpoint_steps=2)
         except KeyboardInterrupt:
             return None, None, log
         return lora_state(model), [h["loss"] for h in history if "loss" in h], log
@@ -154,19 +156,21 @@ def test_grpo_resumes_from_its_checkpoint_exactly(tok, tmp_path, monkeypatch):
     monkeypatch.setattr(grpo, "conversation_reward",
                         lambda completions, completion_ids, **kw: [float(sum(c) % 5) for c in completion_ids])
     tasks = toy_math.generate(6, 2)
-    settings = dict(steps=3, tasks_per_step=1, group_size=2, lr=5e-2, seed=0, max_turns=2, gamma=0.7,
-                    max_new_tokens=8, temperature=1.5, checkpoint_steps=1)
+    online = sections.online(steps=3, tasks_per_step=1, group_size=2, lr=5e-2)
+    dialogue = sections.dialogue(gamma=0.7, max_new_tokens=8, temperature=1.5)
 
     def run(folder, *callbacks):
-        model = sft.add_adapter(tiny_model(tok), r=4, alpha=8, seed=0)
+        model = sft.add_adapter(tiny_model(tok), sections.finetune(lora_r=4, lora_alpha=8), seed=0)
         try:
-            history = grpo.train(model, tok, tasks, ScriptedTeacher(), str(folder), callbacks=list(callbacks), **settings)
+            history = grpo.train(model, tok, tasks, ScriptedTeacher(), str(folder), online, dialogue,
+                                 sections.generation(), seed=0, max_turns=2, callbacks=list(callbacks),
+                                 checkpoint_steps=1)
         except KeyboardInterrupt:
             return None, None
         return lora_state(model), [(h["step"], h["loss"], h["num_tokens"]) for h in history if "loss" in h]
 
     weights, log = run(tmp_path / "straight")
-    initial = lora_state(sft.add_adapter(tiny_model(tok), r=4, alpha=8, seed=0))
+    initial = lora_state(sft.add_adapter(tiny_model(tok), sections.finetune(lora_r=4, lora_alpha=8), seed=0))
     assert any(not torch.equal(weights[k], initial[k]) for k in weights)  # it did train
     assert run(tmp_path / "resumed", Interrupt(2))[0] is None
     resumed, resumed_log = run(tmp_path / "resumed")
@@ -185,6 +189,6 @@ def test_a_checkpoint_cut_short_is_skipped(tmp_path):
 
 def test_without_checkpoint_steps_nothing_is_saved(tok, tmp_path):
     data = datasets.Dataset.from_list(sft.single_turn(toy_math.generate(4, 0), 4, seed=0).to_list())
-    model = sft.add_adapter(tiny_model(tok), r=2, alpha=4, seed=0)
-    sft.train(model, tok, data, str(tmp_path / "run"), epochs=1, batch_size=2, lr=1e-3, seed=0)
+    model = sft.add_adapter(tiny_model(tok), sections.finetune(lora_r=2, lora_alpha=4), seed=0)
+    sft.train(model, tok, data, str(tmp_path / "run"), sections.finetune(batch_size=2), seed=0)
     assert resume.last_checkpoint(tmp_path / "run") is None

@@ -46,32 +46,15 @@ def test_the_declarations_cover_params_yaml_exactly():
     assert {s: set(m.model_fields) for s, m in settings.SECTIONS.items()} == {s: set(v) for s, v in PARAMS.items()}
 
 
-def test_the_choices_mirror_the_modules_that_use_them():
+def test_training_sources_are_never_evaluation_only_benchmarks():
     import importlib
     from typing import get_args
 
-    from sml.dialogue import environment, llm_teacher, teacher
-    from sml.evaluation import evaluate
-    from sml.tasks import schema, toy_code, toy_math
-    from sml.train import grpo
-
     build = importlib.import_module("sml.tasks.build")  # sml.tasks.build is also a function's name
-    fields = {s: m.model_fields for s, m in settings.SECTIONS.items()}
-
-    def choices(section, key):
-        return get_args(fields[section][key].annotation)
-
-    assert set(settings.SOURCES) == set(build.SOURCES)
-    assert set(get_args(settings.MathSource) + get_args(settings.CodeSource)) == set(build.SOURCES)
-    assert choices("tasks", "math_generator") == toy_math.GENERATORS and settings.FAMILIES == toy_code.FAMILIES
-    assert get_args(settings.Domain) == schema.DOMAINS and settings.VARIANTS == schema.VARIANTS
-    assert settings.FEEDBACK == teacher.FEEDBACK_KINDS and choices("teacher", "kind") == llm_teacher.KINDS
-    assert choices("dialogue", "shard_reveal") == environment.SHARD_REVEAL
-    assert choices("online_sml", "credit") == grpo.CREDIT
-    assert (choices("generation", "grpo"), choices("generation", "vllm_mode")) == (grpo.GENERATION, grpo.VLLM_MODES)
-    assert choices("generation", "eval") == evaluate.BACKENDS
-    assert all(s in build.SOURCES and s not in build.EVAL_ONLY
-               for s in choices("train", "math_source") + choices("train", "code_source"))
+    fields = settings.Train.model_fields
+    train_sources = get_args(fields["math_source"].annotation) + get_args(fields["code_source"].annotation)
+    assert all(s in settings.SOURCES and s not in build.EVAL_ONLY for s in train_sources)
+    assert set(get_args(settings.MathSource) + get_args(settings.CodeSource)) == set(settings.SOURCES)
 
 
 @pytest.mark.parametrize("key, value, expected", [
@@ -111,6 +94,11 @@ def test_the_choices_mirror_the_modules_that_use_them():
     ("generation.eval", "openai", "generation.eval_base_url: required for generation.eval 'openai'"),
     ("diagnostic.turns", 11, "diagnostic.turns: must be <= dialogue.eval_turns (10)"),
     ("generation.vllm_mode", "server", None),  # fine while generation.grpo is the engine
+    ("online_sml.micro_batch", 3, "online_sml.micro_batch: must be 0 or divide the conversations of a step "
+                                  "(online_sml: 32, st_rl: 128), got 3"),
+    ("online_sml.micro_batch", 64, "online_sml.micro_batch: must be 0 or divide the conversations of a step "
+                                   "(online_sml: 32), got 64"),
+    ("online_sml.micro_batch", 16, None),
     ("student.model", "", "student.model: must be a non-empty string"),
 ])
 def test_bad_settings_are_rejected_naming_the_key(key, value, expected):

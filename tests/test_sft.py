@@ -3,6 +3,7 @@ changes only the adapter, seeding, and the training data of both conditions."""
 
 import datasets
 import pytest
+import sections
 import torch
 from trl import SFTTrainer
 
@@ -26,7 +27,7 @@ def three_turn_dialogue(tok):
     answer = int(task["answer"])
     replies = iter([f"The answer is {answer + 7}.", "I think it is 1.", f"Then 2 + 2 = 4. The answer is {answer}."])
     student = ReplayStudent(tok, tiny_model(tok), lambda prompt: next(replies))
-    [dialogue] = run_dialogues([task], student, ScriptedTeacher(), max_turns=4, progress=False)
+    [dialogue] = run_dialogues([task], student, ScriptedTeacher(), sections.dialogue(), max_turns=4, progress=False)
     assert dialogue.solved_turn == 3
     return dialogue
 
@@ -61,7 +62,7 @@ def test_successful_keeps_only_solved_dialogues(tok):
     solved = three_turn_dialogue(tok)
     task = toy_math.generate(1, 4)[0]
     student = ReplayStudent(tok, tiny_model(tok), lambda prompt: "The answer is 100000.")
-    [failed] = run_dialogues([task], student, ScriptedTeacher(), max_turns=2, progress=False)
+    [failed] = run_dialogues([task], student, ScriptedTeacher(), sections.dialogue(), max_turns=2, progress=False)
     kept = sft.successful(transcripts.to_dataset([failed, solved], gamma=0.7))
     assert kept.column_names == ["messages"] and len(kept) == 1
     assert kept[0]["messages"] == solved.messages
@@ -83,10 +84,10 @@ def test_single_turn_data_matches_the_budget_and_uses_reference_answers():
 
 def small_run(tok, seed, steps_data):
     torch.manual_seed(123)  # the same base model for every run
-    model = sft.add_adapter(tiny_model(tok), r=4, alpha=8, seed=seed)
+    model = sft.add_adapter(tiny_model(tok), sections.finetune(lora_r=4, lora_alpha=8), seed=seed)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    sft.train(model, tok, steps_data, "/tmp/sml-test-sft", epochs=1, batch_size=4, lr=5e-3, seed=seed,
-              logging_steps=1)
+    sft.train(model, tok, steps_data, "/tmp/sml-test-sft", sections.finetune(epochs=1, batch_size=4, lr=5e-3),
+              seed=seed, logging_steps=1)
     after = {k: v.detach().clone() for k, v in model.named_parameters()}
     return before, after
 
@@ -112,16 +113,14 @@ def test_seeding_before_the_adapter_gives_identical_adapters(tok):
 
 
 def test_training_without_examples_is_a_clear_error(tok):
-    model = sft.add_adapter(tiny_model(tok), r=2, alpha=4, seed=0)
+    model = sft.add_adapter(tiny_model(tok), sections.finetune(lora_r=2, lora_alpha=4), seed=0)
     empty = datasets.Dataset.from_list([{"messages": [{"role": "user", "content": "x"}]}]).select([])
     with pytest.raises(ValueError, match="no training examples"):
-        sft.train(model, tok, empty, "/tmp/sml-test-sft", epochs=1, batch_size=2, lr=1e-3, seed=0)
-    with pytest.raises(ValueError, match="finetune.lora_r"):
-        sft.add_adapter(tiny_model(tok), r=0)
+        sft.train(model, tok, empty, "/tmp/sml-test-sft", sections.finetune(), seed=0)
 
 
 def test_merged_inference_copy_samples_like_the_adapter(tok):
-    model = sft.add_adapter(tiny_model(tok), r=4, alpha=8, seed=0)
+    model = sft.add_adapter(tiny_model(tok), sections.finetune(lora_r=4, lora_alpha=8), seed=0)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -159,8 +158,8 @@ def test_training_precision_follows_the_student_dtype(tok, tmp_path):
     if not torch.cuda.is_available():  # CPU-only: bf16 runs under the CPU's autocast (transformers needs use_cpu)
         assert bf16.use_cpu and not fp32.use_cpu
     # sft.train and pretrain.pretrain read it off the model: its frozen weights (the adapter trains in fp32)
-    assert not sft.uses_bf16(sft.add_adapter(tiny_model(tok), r=2, alpha=4))
-    assert sft.uses_bf16(sft.add_adapter(tiny_model(tok).to(torch.bfloat16), r=2, alpha=4))
+    assert not sft.uses_bf16(sft.add_adapter(tiny_model(tok), sections.finetune(), seed=0))
+    assert sft.uses_bf16(sft.add_adapter(tiny_model(tok).to(torch.bfloat16), sections.finetune(), seed=0))
     assert sft.uses_bf16(tiny_model(tok).to(torch.bfloat16))  # pretraining: every weight trains
 
 
@@ -171,9 +170,9 @@ def test_a_bfloat16_student_finetunes_in_bf16(tok, tmp_path, monkeypatch):
     seen = {}
     original = sft.sft_config
     monkeypatch.setattr(sft, "sft_config", lambda *a, **k: seen.setdefault("config", original(*a, **k)))
-    model = sft.add_adapter(tiny_model(tok).to(torch.bfloat16), r=2, alpha=4, seed=0)
+    model = sft.add_adapter(tiny_model(tok).to(torch.bfloat16), sections.finetune(lora_r=2, lora_alpha=4), seed=0)
     before = {k: v.detach().clone() for k, v in model.named_parameters() if "lora_B" in k}
-    history = sft.train(model, tok, sft.single_turn(toy_math.generate(8, 0), 8, seed=0), str(tmp_path), epochs=1,
-                        batch_size=4, lr=1e-2, seed=0)
+    history = sft.train(model, tok, sft.single_turn(toy_math.generate(8, 0), 8, seed=0), str(tmp_path),
+                        sections.finetune(epochs=1, batch_size=4, lr=1e-2), seed=0)
     assert seen["config"].bf16 and any("loss" in h for h in history)
     assert any(not torch.equal(before[k], v) for k, v in model.named_parameters() if k in before)

@@ -6,12 +6,14 @@ import json
 import re
 
 import pytest
+import sections
 
 from sml.evaluation.strategies import DEFINITIONS, LABEL_OF, STRATEGIES, StrategyClassifier, build_messages, make_classifier, \
     parse_strategy
 from sml.tasks import toy_code, toy_math
 from sml.dialogue.environment import LABELS, classify
 from local_server import JSONHandler, serve
+from sml.dialogue.llm_teacher import OpenAITeacher
 
 
 @pytest.mark.parametrize("output, strategy", [
@@ -112,8 +114,8 @@ def endpoint():
 
 
 def classifier_for(endpoint, tmp_path) -> StrategyClassifier:
-    return make_classifier({"kind": "openai", "model": "judge", "base_url": endpoint.url,
-                            "cache_dir": str(tmp_path / "cache"), "max_retries": 0})
+    return StrategyClassifier(OpenAITeacher(endpoint.url, "judge", max_retries=0, max_new_tokens=16, temperature=0.0,
+                                            cache_dir=tmp_path / "cache"))
 
 
 def batch(turns):
@@ -162,14 +164,10 @@ def test_unparseable_judge_outputs_fall_back_to_the_rule_label_and_are_counted(e
     assert (classifier.calls, classifier.fallbacks, len(endpoint.requests)) == (6, 4, 3)
 
 
-def test_make_classifier_checks_its_params_by_name(tmp_path):
-    assert make_classifier({"kind": "rules"}) is None
-    assert make_classifier({}) is None
-    made = make_classifier({"kind": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1", "cache_dir": tmp_path})
+def test_make_classifier(tmp_path):
+    assert make_classifier(sections.classifier()) is None  # rules: the engine keeps its own labels
+    made = make_classifier(sections.classifier(kind="openai", model="m", base_url="http://127.0.0.1:9/v1",
+                                               cache_dir="data/classifier_cache"), tmp_path)
     assert isinstance(made, StrategyClassifier)
     assert made.backend.params == {"max_new_tokens": 16, "temperature": 0.0}
-    for params, key in [({"kind": "llm"}, "classifier.kind"), ({"kind": "hf"}, "classifier.model"),
-                        ({"kind": "openai", "base_url": "http://x/v1"}, "classifier.model"),
-                        ({"kind": "openai", "model": "m"}, "classifier.base_url")]:
-        with pytest.raises(ValueError, match=re.escape(key)):
-            make_classifier(params)
+    assert made.backend.cache_dir == tmp_path / "data" / "classifier_cache"

@@ -7,6 +7,7 @@ import re
 import threading
 
 import pytest
+import sections
 
 from sml.dialogue import openai_api
 from sml import resume
@@ -120,9 +121,10 @@ def test_finished_dialogues_survive_an_endpoint_outage_and_resume_exactly(endpoi
     tok = tiny_tokenizer()
     student = Student(tiny_model(tok), tok)
     tasks = toy_math.generate(6, 4)
-    engine = dict(max_turns=2, gamma=0.7, max_new_tokens=10, temperature=1.5, chunk_tasks=2, progress=False)
+    engine = dict(max_turns=2, chunk_tasks=2, progress=False)
+    dialogue = sections.dialogue(gamma=0.7, max_new_tokens=10, temperature=1.5)
     healthy = endpoint()
-    undisturbed = resume.dialogues(tasks, student, OpenAITeacher(healthy.url, "m"), seed=1, **engine)
+    undisturbed = resume.dialogues(tasks, student, OpenAITeacher(healthy.url, "m"), dialogue, seed=1, **engine)
     asked = len(healthy.requests)
 
     # The endpoint answers the first chunk (one reply per unsolved dialogue after turn 1), then breaks.
@@ -130,11 +132,11 @@ def test_finished_dialogues_survive_an_endpoint_outage_and_resume_exactly(endpoi
     teacher = OpenAITeacher(flaky.url, "m", max_retries=1, cache_dir=tmp_path / "cache")
     with pytest.raises(RuntimeError, match=r"chunk 2 of 3 \(teacher endpoint .* failed after 2 attempts.*HTTP 503.*"
                                            r"the 2 dialogues of the first 1 chunk\(s\) are kept"):
-        resume.dialogues(tasks, student, teacher, seed=1, folder=tmp_path / "work", **engine)
+        resume.dialogues(tasks, student, teacher, dialogue, seed=1, folder=tmp_path / "work", **engine)
     assert [p.name for p in sorted((tmp_path / "work").iterdir())] == ["chunk-00000.jsonl"]
 
     back = endpoint()  # the endpoint is back (same replies): the rerun finishes the missing chunks only
     teacher = OpenAITeacher(back.url, "m", cache_dir=tmp_path / "cache")
-    resumed = resume.dialogues(tasks, student, teacher, seed=1, folder=tmp_path / "work", **engine)
+    resumed = resume.dialogues(tasks, student, teacher, dialogue, seed=1, folder=tmp_path / "work", **engine)
     assert resumed.to_list() == undisturbed.to_list()
     assert len(back.requests) == asked - 2  # the first chunk's replies were neither lost nor asked again

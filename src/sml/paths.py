@@ -21,13 +21,3 @@ def model_path(out_root: str | Path, model: str) -> Path | str:
     local path), unchanged."""
     under = Path(out_root) / model
     return under if under.exists() else model
-
-
-def resolved(section, out_root: str | Path, paths=("cache_dir",)) -> dict:
-    """A settings section (``cfg.teacher``, ``cfg.classifier``) as the dict ``make_teacher`` and
-    ``make_classifier`` take, its folders (``paths``, relative to ``out_root``) resolved under it."""
-    values = section.model_dump()
-    for key in paths:
-        if key in values:
-            values[key] = str(Path(out_root) / values[key])
-    return values

@@ -1,14 +1,16 @@
-"""Profiles: named sets of ``params.yaml`` values (``profiles/<name>.yaml``, flat ``section.key: value``),
-from the embedded ``tiny-cpu`` default to real models on GPUs. A profile is applied by rewriting those
-values in params.yaml, comments and layout kept, so ``git diff params.yaml`` and ``dvc params diff`` show
-the switch and ``dvc repro`` reruns exactly the stages it touches::
+"""Profiles: named sets of ``params.yaml`` values (``profiles/<name>.yaml``, flat ``section.key: value``) for
+runs other than the embedded CPU default that params.yaml holds: real models on GPUs (``qwen2.5-7b``), or the
+smoke test's sizes (``smoke``, read by the notebooks' default ``settings_file`` and never written). A profile
+holds only the values that differ from params.yaml, so every value is written in one place. Applying one
+rewrites those values in params.yaml, comments and layout kept, so ``git diff params.yaml`` and ``dvc params
+diff`` show the switch and ``dvc repro`` reruns exactly the stages it touches::
 
     python -m sml.profiles                         # list the profiles
     python -m sml.profiles qwen2.5-7b              # check it against params.yaml and show what would change
-    python -m sml.profiles qwen2.5-7b --write      # ... and write it (tiny-cpu --write switches back)
+    python -m sml.profiles qwen2.5-7b --write      # ... and write it
+    git checkout params.yaml                       # back to the embedded default
 
-Every profile sets the same keys, so switching from any profile to any other is complete; the result is
-checked with ``sml.settings`` before anything is written.
+The result is checked with ``sml.settings`` before anything is written.
 """
 
 from __future__ import annotations

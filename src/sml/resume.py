@@ -25,8 +25,9 @@ import datasets
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from sml.evaluation import transcripts
+from sml import settings
 from sml.dialogue.engine import run_dialogues
+from sml.evaluation import transcripts
 
 WORK = ".sml_work"
 _WHOLE_FILE_BYTES = 64 << 20  # bigger files are fingerprinted by size and their first and last MiB
@@ -87,15 +88,16 @@ def chunk_seed(seed: int, k: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{k}".encode()).digest()[:4], "little") >> 1
 
 
-def dialogues(tasks, student, teacher, *, seed: int, gamma: float, folder: str | Path | None = None,
-              chunk_tasks: int | None = None, progress: bool = True, **engine_kwargs) -> datasets.Dataset:
+def dialogues(tasks, student, teacher, dialogue: settings.Dialogue, *, max_turns: int, seed: int,
+              folder: str | Path | None = None, chunk_tasks: int | None = None, progress: bool = True,
+              variant: str = "full", samples_per_task: int = 1, judge=None, inject=None,
+              classifier=None) -> datasets.Dataset:
     """``engine.run_dialogues`` over ``tasks`` in chunks of ``chunk_tasks`` tasks (all in one when None),
-    as a transcript dataset. With a ``folder``, each chunk's transcripts are written there as soon as the
-    chunk is done, and chunks already there are read back instead of run: an interrupted call, run again
-    with the same arguments, loses nothing and repeats nothing."""
+    as a transcript dataset (returns scored with ``dialogue.gamma``). With a ``folder``, each chunk's
+    transcripts are written there as soon as the chunk is done, and chunks already there are read back
+    instead of run: an interrupted call, run again with the same arguments, loses nothing and repeats
+    nothing. The other arguments go to ``run_dialogues`` as they are."""
     tasks = list(tasks)
-    if chunk_tasks is not None and (not isinstance(chunk_tasks, int) or chunk_tasks < 1):
-        raise ValueError(f"resume.chunk_tasks: must be a positive integer, got {chunk_tasks!r}")
     size = chunk_tasks or max(1, len(tasks))
     chunks = [tasks[i:i + size] for i in range(0, len(tasks), size)]
     folder = Path(folder) if folder is not None else None
@@ -108,14 +110,15 @@ def dialogues(tasks, student, teacher, *, seed: int, gamma: float, folder: str |
             records += _read_jsonl(path)
             continue
         try:
-            done = run_dialogues(chunk, student, teacher, seed=chunk_seed(seed, k), gamma=gamma,
-                                 progress=progress, **engine_kwargs)
+            done = run_dialogues(chunk, student, teacher, dialogue, max_turns=max_turns, seed=chunk_seed(seed, k),
+                                 variant=variant, samples_per_task=samples_per_task, judge=judge, inject=inject,
+                                 classifier=classifier, progress=progress)
         except Exception as e:
             if path is None or not k:
                 raise
             raise RuntimeError(f"dialogues stopped in chunk {k + 1} of {len(chunks)} ({e}); the {len(records)} "
                                f"dialogues of the first {k} chunk(s) are kept in {folder}: run again to resume") from e
-        rows = [transcripts.record(d, gamma) for d in done]
+        rows = [transcripts.record(d, dialogue.gamma) for d in done]
         if path is not None:
             _write_jsonl(path, rows)
         records += rows

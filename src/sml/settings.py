@@ -20,25 +20,37 @@ import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from .optional import missing
 from .paths import repo_root
 
-# ---- the choices (tests/test_settings.py checks them against the modules that use them) ----
+# ---- the choices, declared once: the modules that branch on them import the tuples ----
 
 Source = Literal["toy_math", "toy_code", "omni_math", "opencodeinstruct", "humaneval", "livecodebench",
                  "lost_in_conversation"]
 MathSource = Literal["toy_math", "omni_math", "lost_in_conversation"]
 CodeSource = Literal["toy_code", "opencodeinstruct", "humaneval", "livecodebench", "lost_in_conversation"]
 Domain = Literal["math", "code"]
+Variant = Literal["full", "sharded"]
 Condition = Literal["sml_offline", "st_sft", "sml_online", "st_rl", "sml_qprime"]
+MathGenerator = Literal["basic_arithmetic", "chain_sum"]
+ShardReveal = Literal["every_turn", "on_question"]
+TeacherKind = Literal["scripted", "hf", "openai"]
+ClassifierKind = Literal["rules", "hf", "openai"]
+EvalBackend = Literal["local", "openai"]
+GRPOGeneration = Literal["engine", "vllm"]
+VLLMMode = Literal["colocate", "server"]
+Credit = Literal["conversation", "turn"]
+QuestionSource = Literal["template", "model"]
 FEEDBACK = ("verdict", "direction", "step", "tests")
 FAMILIES = ("int", "list", "str")
-SOURCES = Source.__args__
-VARIANTS = ("full", "sharded")
+SOURCES, DOMAINS, VARIANTS = get_args(Source), get_args(Domain), get_args(Variant)
+MATH_GENERATORS, SHARD_REVEAL = get_args(MathGenerator), get_args(ShardReveal)
+TEACHER_KINDS, CLASSIFIER_KINDS, EVAL_BACKENDS = get_args(TeacherKind), get_args(ClassifierKind), get_args(EvalBackend)
+QUESTION_SOURCES = get_args(QuestionSource)
 
 PosInt = Annotated[int, Field(ge=1)]
 Count = Annotated[int, Field(ge=0)]
@@ -89,7 +101,7 @@ class Tasks(Section):
     hub_dir: Text
     n_train: Count
     n_eval: PosInt
-    math_generator: Literal["basic_arithmetic", "chain_sum"]
+    math_generator: MathGenerator
     math_min_terms: Annotated[int, Field(ge=2, le=12)]
     math_max_terms: Annotated[int, Field(ge=2, le=12)]
     math_min_digits: Annotated[int, Field(ge=1, le=9)]
@@ -125,11 +137,11 @@ class Student(Section):
 
 
 class Generation(Section):
-    grpo: Literal["engine", "vllm"]
-    vllm_mode: Literal["colocate", "server"]
+    grpo: GRPOGeneration
+    vllm_mode: VLLMMode
     vllm_server_url: Text
     vllm_gpu_memory: Share
-    eval: Literal["local", "openai"]
+    eval: EvalBackend
     eval_base_url: Text
     eval_api_key_env: Text
 
@@ -147,12 +159,12 @@ class Dialogue(Section):
     top_p: Share
     max_new_tokens: PosInt
     batch_size: PosInt
-    shard_reveal: Literal["every_turn", "on_question"]
+    shard_reveal: ShardReveal
     block_leaks: bool
 
 
 class Teacher(Section):
-    kind: Literal["scripted", "hf", "openai"]
+    kind: TeacherKind
     feedback: _csv(*FEEDBACK)
     reveal_answer: bool
     model: Text
@@ -199,7 +211,7 @@ class OnlineSML(Section):
     tasks_per_step: PosInt
     group_size: Annotated[int, Field(ge=2)]
     lr: Positive
-    credit: Literal["conversation", "turn"]
+    credit: Credit
     beta: NonNegative
     micro_batch: Count
 
@@ -212,11 +224,11 @@ class QPriming(Section):
     n_tasks: PosInt
     samples_per_task: PosInt
     decay: Annotated[float, Field(ge=0, le=1)]
-    question_source: Literal["template", "model"]
+    question_source: QuestionSource
 
 
 class Classifier(Section):
-    kind: Literal["rules", "hf", "openai"]
+    kind: ClassifierKind
     model: Text
     base_url: Text
     api_key_env: Text
@@ -224,7 +236,7 @@ class Classifier(Section):
 
 
 class Diagnostic(Section):
-    variant: Literal["full", "sharded"]
+    variant: Variant
     turns: Annotated[int, Field(ge=2)]
     batch_size: PosInt
 
@@ -263,6 +275,15 @@ def _at_most(lo: str, hi: str):
     return lo, check
 
 
+def _divides(micro_batch: int, per_step: dict) -> str | None:
+    """GRPO's micro-batches split a step's conversations evenly (gradient accumulation up to the step)."""
+    if not micro_batch:
+        return None
+    bad = {k: n for k, n in per_step.items() if n % micro_batch}
+    return (f"must be 0 or divide the conversations of a step ({', '.join(f'{k}: {n}' for k, n in bad.items())}), "
+            f"got {micro_batch}") if bad else None
+
+
 CROSS = [
     _at_most("tasks.math_min_terms", "tasks.math_max_terms"),
     _at_most("tasks.math_min_digits", "tasks.math_max_digits"),
@@ -291,6 +312,9 @@ CROSS = [
      else None),
     ("generation.eval_base_url", lambda c: "required for generation.eval 'openai' (e.g. http://localhost:8000/v1)"
      if c.generation.eval == "openai" and not c.generation.eval_base_url else None),
+    ("online_sml.micro_batch", lambda c: _divides(c.online_sml.micro_batch, {
+        "online_sml": c.online_sml.tasks_per_step * c.online_sml.group_size,
+        "st_rl": c.online_sml.tasks_per_step * c.st_rl.group_size})),
     ("diagnostic.turns", lambda c: f"must be <= dialogue.eval_turns ({c.dialogue.eval_turns}): a dialogue has at "
      f"most that many teacher turns, got {c.diagnostic.turns}" if c.diagnostic.turns > c.dialogue.eval_turns else None),
     ("diagnostic.variant", lambda c: f"{c.diagnostic.variant!r} is not evaluated: add it to evaluation.variants "

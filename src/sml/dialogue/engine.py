@@ -14,23 +14,10 @@ import random
 import torch
 from tqdm.auto import tqdm
 
-from sml.dialogue.environment import SHARD_REVEAL, Dialogue, Environment, Judge, StudentTurn, TeacherView
+from sml import settings
+from sml.dialogue.environment import Dialogue, Environment, Judge, StudentTurn, TeacherView
 from sml.dialogue.student import Student
 from sml.dialogue.teacher import Teacher
-
-
-def check_settings(max_turns: int, gamma: float, variant: str, shard_reveal: str, samples_per_task: int) -> None:
-    """Reject bad engine settings by name before any generation starts."""
-    if not isinstance(max_turns, int) or max_turns < 1:
-        raise ValueError(f"dialogue.max_turns: must be a positive integer, got {max_turns!r}")
-    if not 0 < gamma <= 1:
-        raise ValueError(f"dialogue.gamma: must be in (0, 1], got {gamma!r}")
-    if variant not in ("full", "sharded"):
-        raise ValueError(f"dialogue.variant: must be 'full' or 'sharded', got {variant!r}")
-    if shard_reveal not in SHARD_REVEAL:
-        raise ValueError(f"dialogue.shard_reveal: must be one of {SHARD_REVEAL}, got {shard_reveal!r}")
-    if not isinstance(samples_per_task, int) or samples_per_task < 1:
-        raise ValueError(f"dialogue.samples_per_task: must be a positive integer, got {samples_per_task!r}")
 
 
 def start(tasks, student: Student, teacher: Teacher, env: Environment, samples_per_task: int) -> list[Dialogue]:
@@ -80,36 +67,33 @@ def teacher_replies(teacher: Teacher, student: Student, env: Environment,
         d.add_teacher_message(message, student.extend(d.ids, d.messages, message), view.hinted)
 
 
-def run_dialogues(tasks, student: Student, teacher: Teacher, *, variant: str = "full", max_turns: int = 4,
-                  samples_per_task: int = 1, shard_reveal: str = "every_turn", max_new_tokens: int = 96,
-                  temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64, seed: int = 0,
-                  block_leaks: bool = True, workers: int = 2, gamma: float = 0.7, progress: bool = True,
-                  judge: Judge | None = None, reuse_cache: bool = True, inject=None,
-                  classifier=None) -> list[Dialogue]:
-    """Simulate dialogues for every task (``samples_per_task`` each) and return their final states.
+def run_dialogues(tasks, student: Student, teacher: Teacher, dialogue: settings.Dialogue, *, max_turns: int,
+                  variant: str = "full", samples_per_task: int = 1, seed: int = 0, judge: Judge | None = None,
+                  inject=None, classifier=None, progress: bool = True, reuse_cache: bool = True) -> list[Dialogue]:
+    """Simulate dialogues for every task (``samples_per_task`` each, up to ``max_turns`` student turns: the
+    caller picks ``dialogue.train_turns`` or ``dialogue.eval_turns``) and return their final states.
 
-    ``block_leaks``: a teacher message that the leak audit flags is recorded as a leak and replaced by a
-    plain verdict, so no transcript carries the answer (set False to study a leaky teacher).
-    ``reuse_cache``: keep each dialogue's KV cache between turns, so a turn only runs the teacher's new
-    tokens through the model instead of the whole conversation again.
+    ``dialogue`` (params.yaml's section) sets the sampling and the leak audit: with ``block_leaks``, a
+    teacher message that the audit flags is recorded as a leak and replaced by a plain verdict, so no
+    transcript carries the answer. ``judge`` verifies turns (a shared verifier cache; a fresh one when None).
     ``inject``: a ``qprime.Injection`` (training data only): failed turns are replaced by questions, each
     with probability ``decay ** turn``. ``classifier``: labels student turns instead of the rules
-    (``strategies.StrategyClassifier``, for real models).
+    (``strategies.StrategyClassifier``, for real models). ``reuse_cache``: keep each dialogue's KV cache
+    between turns, so a turn only runs the teacher's new tokens through the model.
     """
-    check_settings(max_turns, gamma, variant, shard_reveal, samples_per_task)
     reuse_cache = reuse_cache and student.pieces is not None  # caches stay valid only while ids only grow
     torch.manual_seed(seed)
-    env = Environment(variant, max_turns, shard_reveal, block_leaks, judge or Judge(workers), classifier)
+    env = Environment(variant, max_turns, dialogue.shard_reveal, dialogue.block_leaks, judge or Judge(), classifier)
     inject_rng = random.Random(seed)  # its own stream: injection draws leave the student's sampling alone
-    sampling = dict(temperature=temperature, top_p=top_p, batch_size=batch_size)
+    sampling = dict(temperature=dialogue.temperature, top_p=dialogue.top_p, batch_size=dialogue.batch_size)
     dialogues = start(list(tasks), student, teacher, env, samples_per_task)
     bar = tqdm(total=len(dialogues), desc=f"dialogues ({variant}, {max_turns} turns)", unit="dialogue",
                disable=not progress)
     for turn in range(1, max_turns + 1):
-        active = dialogues_with_room(dialogues, student, max_new_tokens)
+        active = dialogues_with_room(dialogues, student, dialogue.max_new_tokens)
         if not active:
             break
-        turns = student_turns(student, active, max_new_tokens, sampling, reuse_cache)
+        turns = student_turns(student, active, dialogue.max_new_tokens, sampling, reuse_cache)
         env.judge_turns(active, turns)
         if inject is not None:
             inject_questions(inject, turn, active, turns, student, sampling, inject_rng)

@@ -22,7 +22,6 @@ from sml.verify import verify
 from sml.verify.math import ANY_NUMBER, extract_answer, parse_number
 
 LABELS = ("attempt", "question", "other")
-SHARD_REVEAL = ("every_turn", "on_question")
 STEP_REF = re.compile(r"\bsteps?\s+(\d+)", re.IGNORECASE)
 _ASKED_STEP = re.compile(r"\bstep\s+(\d+)", re.IGNORECASE)
 _CODE_START = re.compile(r"```|^\s*(?:def|class|import|from)\s", re.MULTILINE)

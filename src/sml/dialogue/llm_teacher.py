@@ -15,12 +15,12 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from sml import settings
 from sml.dialogue import openai_api
 from sml.tasks.schema import prompt_for
 from sml.dialogue.environment import TeacherView
 from sml.dialogue.teacher import ScriptedTeacher, Teacher, private_knowledge
 
-KINDS = ("scripted", "hf", "openai")
 
 ROLE = ("You are a patient teacher. A student is solving the task below in a dialogue with you. You know "
         "things the student does not; use them to guide the student to solve the task on their own.")
@@ -180,23 +180,12 @@ def _content(raw: bytes) -> str:
     return (reply or "").strip()
 
 
-def make_teacher(p: dict) -> Teacher:
-    """The teacher named by a ``teacher`` params section (``kind``: scripted | hf | openai)."""
-    kind = p.get("kind", "scripted")
-    if kind not in KINDS:
-        raise ValueError(f"teacher.kind: unknown kind {kind!r}; choose from {KINDS}")
-    if kind == "scripted":
-        return ScriptedTeacher(feedback=p.get("feedback", "verdict,direction,step,tests"),
-                               reveal_answer=bool(p.get("reveal_answer", False)))
-    if p.get("reveal_answer"):
-        raise ValueError(f"teacher.reveal_answer: only the scripted teacher can reveal the answer, not {kind!r}")
-    if not p.get("model"):
-        raise ValueError(f"teacher.model: required for teacher.kind {kind!r} (a model id or local path)")
-    common = {"max_new_tokens": int(p.get("max_new_tokens", 96)), "temperature": float(p.get("temperature", 0.0)),
-              "cache_dir": p.get("cache_dir")}
-    if kind == "hf":
-        return HFTeacher(p["model"], **common)
-    if not p.get("base_url"):
-        raise ValueError("teacher.base_url: required for teacher.kind 'openai' (e.g. http://localhost:8000/v1)")
-    return OpenAITeacher(p["base_url"], p["model"], api_key_env=p.get("api_key_env", "OPENAI_API_KEY"),
-                         timeout_s=float(p.get("timeout_s", 60)), max_retries=int(p.get("max_retries", 3)), **common)
+def make_teacher(teacher: settings.Teacher, out_root: str | Path = ".") -> Teacher:
+    """The teacher that ``teacher`` (params.yaml's section) names; an LLM teacher caches its replies in
+    ``teacher.cache_dir`` under ``out_root``."""
+    if teacher.kind == "scripted":
+        return ScriptedTeacher(feedback=teacher.feedback, reveal_answer=teacher.reveal_answer)
+    cache_dir = Path(out_root) / teacher.cache_dir if teacher.cache_dir else None
+    if teacher.kind == "hf":
+        return HFTeacher(teacher.model, cache_dir=cache_dir)
+    return OpenAITeacher(teacher.base_url, teacher.model, api_key_env=teacher.api_key_env, cache_dir=cache_dir)

@@ -17,23 +17,21 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from sml import settings
 from sml.dialogue import openai_api
 from sml.dialogue.student import Student, load_tokenizer
 
-BACKENDS = ("local", "openai")
 
-
-def load_student(model: str, adapter: str | None = None, *, backend: str = "local", base_url: str = "",
-                 api_key_env: str = "OPENAI_API_KEY", dtype: str = "float32", served_name: str | None = None):
+def load_student(model: str, adapter: str | None, generation: settings.Generation, *, dtype: str = "float32",
+                 served_name: str | None = None):
     """The student that samples dialogues outside GRPO (evaluation, offline SML and Q-priming data
-    collection; params ``generation.eval``): in-process (``local``: the adapter merged into the weights) or
-    served by an OpenAI-compatible server such as ``vllm serve <model> --enable-lora`` (``openai``: the
-    adapter by name, ``served_name`` or one made from its path, registered with the server if needed)."""
-    if backend == "openai":
-        return RemoteStudent.load(model, adapter or None, base_url=base_url, api_key_env=api_key_env,
-                                  served_name=served_name)
-    if backend != "local":
-        raise ValueError(f"generation.eval: must be one of {BACKENDS}, got {backend!r}")
+    collection), where ``generation.eval`` says: in-process (``local``: the adapter merged into the weights)
+    or served by an OpenAI-compatible server at ``generation.eval_base_url`` such as ``vllm serve <model>
+    --enable-lora`` (``openai``: the adapter by name, ``served_name`` or one made from its path, registered
+    with the server if needed)."""
+    if generation.eval == "openai":
+        return RemoteStudent.load(model, adapter or None, base_url=generation.eval_base_url,
+                                  api_key_env=generation.eval_api_key_env, served_name=served_name)
     return Student.load(model, adapter=adapter or None, dtype=dtype)
 
 
@@ -54,8 +52,6 @@ class RemoteStudent(Student):
              **kwargs) -> RemoteStudent:
         """The student ``model`` (its tokenizer is read locally) as served at ``base_url``; with an adapter,
         the adapter under ``served_name`` (default: a name made from its path), registered if needed."""
-        if not base_url:
-            raise ValueError("generation.eval_base_url: required for a remote student (e.g. http://localhost:8000/v1)")
         name = served_name or (adapter_name(adapter) if adapter else model)
         student = cls(load_tokenizer(model), base_url, name, **kwargs)
         if adapter and name not in student.served_models():

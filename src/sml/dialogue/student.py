@@ -145,50 +145,14 @@ class Student:
 
     def _sample(self, prompts, pasts, max_new_tokens, temperature, top_p):
         """A plain decoding loop that drops each sequence from the batch as soon as it ends (turn lengths
-        are ragged: ``generate`` would keep stepping finished rows until the longest turn ends). Rows
-        start from their cached past, left-padded to a common length; pads are masked. The KV cache is
-        allocated once for the whole turn (a growing cache copies itself at every step, which costs more
-        than the tiny model's own compute once dialogues are long)."""
-        cached = [min(p.length, len(prompt) - 1) if p is not None else 0 for p, prompt in zip(pasts, prompts)]
-        fresh = [prompt[n:] for prompt, n in zip(prompts, cached)]
-        width_past, width_new = max(cached), max(map(len, fresh))
-        ids, new_mask = left_pad(fresh, self.pad_id, width_new)
-        capacity = width_past + width_new + max_new_tokens
-        mask = torch.zeros((len(prompts), capacity), dtype=torch.long)
-        mask[:, width_past:width_past + width_new] = new_mask
-        cache = StaticCache(config=self.model.config, max_cache_len=capacity)
-        if width_past:
-            for row, n in enumerate(cached):
-                mask[row, width_past - n:width_past] = 1
-            first = next(p for p in pasts if p is not None)
-            for layer, like in enumerate(first.keys):
-                keys = like.new_zeros((len(prompts), like.shape[0], width_past, like.shape[-1]))
-                values = torch.zeros_like(keys)
-                for row, (p, n) in enumerate(zip(pasts, cached)):
-                    if n:
-                        keys[row, :, width_past - n:] = p.keys[layer][:, :n]
-                        values[row, :, width_past - n:] = p.values[layer][:, :n]
-                cache.update(keys.to(self.device), values.to(self.device), layer)
-        mask = mask.to(self.device)
-        position = (torch.tensor(cached)[:, None] + new_mask.cumsum(-1) - 1).clamp(min=0).to(self.device)
-        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask, position_ids=position,
-                            past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        rows = torch.arange(len(prompts), device=self.device)
+        are ragged: ``generate`` would keep stepping finished rows until the longest turn ends)."""
+        batch = Batch.prefill(self, prompts, pasts, max_new_tokens)
         tokens: list[list[int]] = [[] for _ in prompts]
         ended = [False] * len(prompts)
         new_pasts: list[Past | None] = [None] * len(prompts)
-        last = position[:, -1]
-        filled = width_past + width_new  # cache slots written so far
-
-        def keep_past(batch_rows):
-            for b in batch_rows.tolist():
-                real = mask[b, :filled].bool()
-                new_pasts[rows[b].item()] = Past([layer.keys[b][:, :filled][:, real] for layer in cache.layers],
-                                                 [layer.values[b][:, :filled][:, real] for layer in cache.layers])
-
         for step in range(max_new_tokens):
-            chosen = _pick(logits, temperature, top_p)
-            for row, token in zip(rows.tolist(), chosen.tolist()):
+            chosen = _pick(batch.logits, temperature, top_p)
+            for row, token in zip(batch.rows.tolist(), chosen.tolist()):
                 if token == self.eos_id:
                     ended[row] = True
                 else:
@@ -196,20 +160,86 @@ class Student:
             going = chosen != self.eos_id
             if step == max_new_tokens - 1 or not going.any():
                 break
-            if not going.all():  # compact: finished rows leave the batch and the cache
-                keep_past((~going).nonzero().squeeze(-1))
+            if not going.all():  # finished rows leave the batch and the cache
+                batch.release((~going).nonzero().squeeze(-1), new_pasts)
                 keep = going.nonzero().squeeze(-1)
-                rows, chosen, mask, last = rows[keep], chosen[keep], mask[keep], last[keep]
-                for layer in cache.layers:
-                    layer.keys, layer.values = layer.keys[keep], layer.values[keep]
-                    layer.batch_size = len(keep)
-            mask[:, filled] = 1
-            filled += 1
-            last = last + 1
-            logits = self.model(input_ids=chosen[:, None], attention_mask=mask, position_ids=last[:, None],
-                                past_key_values=cache, use_cache=True).logits[:, -1]
-        keep_past(torch.arange(len(rows)))
+                batch.keep(keep)
+                chosen = chosen[keep]
+            batch.step(self.model, chosen)
+        batch.release(torch.arange(len(batch.rows)), new_pasts)
         return list(zip(tokens, ended)), new_pasts
+
+
+@dataclass
+class Batch:
+    """The rows being decoded together: their KV cache, allocated once for the whole turn (a growing cache
+    copies itself at every step, which costs more than the tiny model's own compute once dialogues are
+    long), its attention mask, each row's position, and the logits of the next token."""
+    rows: torch.Tensor  # each row's index in the call's prompts
+    cache: StaticCache
+    mask: torch.Tensor
+    last: torch.Tensor  # each row's last position
+    filled: int  # cache slots written so far
+    logits: torch.Tensor
+
+    @classmethod
+    def prefill(cls, student: Student, prompts, pasts, max_new_tokens) -> Batch:
+        """Run each prompt's tokens that its cached past does not cover. Rows start from their past,
+        left-padded to a common length; pads are masked."""
+        cached = [min(p.length, len(prompt) - 1) if p is not None else 0 for p, prompt in zip(pasts, prompts)]
+        fresh = [prompt[n:] for prompt, n in zip(prompts, cached)]
+        width_past, width_new = max(cached), max(map(len, fresh))
+        ids, new_mask = left_pad(fresh, student.pad_id, width_new)
+        capacity = width_past + width_new + max_new_tokens
+        mask = torch.zeros((len(prompts), capacity), dtype=torch.long)
+        mask[:, width_past:width_past + width_new] = new_mask
+        cache = StaticCache(config=student.model.config, max_cache_len=capacity)
+        if width_past:
+            for row, n in enumerate(cached):
+                mask[row, width_past - n:width_past] = 1
+            _load_pasts(cache, pasts, cached, width_past, student.device)
+        mask = mask.to(student.device)
+        position = (torch.tensor(cached)[:, None] + new_mask.cumsum(-1) - 1).clamp(min=0).to(student.device)
+        logits = student.model(input_ids=ids.to(student.device), attention_mask=mask, position_ids=position,
+                               past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        return cls(torch.arange(len(prompts), device=student.device), cache, mask, position[:, -1],
+                   width_past + width_new, logits)
+
+    def step(self, model, chosen: torch.Tensor) -> None:
+        """Feed each row its chosen token; ``logits`` become those of the token after it."""
+        self.mask[:, self.filled] = 1
+        self.filled += 1
+        self.last = self.last + 1
+        self.logits = model(input_ids=chosen[:, None], attention_mask=self.mask, position_ids=self.last[:, None],
+                            past_key_values=self.cache, use_cache=True).logits[:, -1]
+
+    def keep(self, keep: torch.Tensor) -> None:
+        """Only the rows ``keep`` (batch positions) go on."""
+        self.rows, self.mask, self.last = self.rows[keep], self.mask[keep], self.last[keep]
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[keep], layer.values[keep]
+            layer.batch_size = len(keep)
+
+    def release(self, batch_rows: torch.Tensor, pasts: list) -> None:
+        """Save the KV cache of the rows ``batch_rows`` (batch positions), pads dropped, as their ``Past``."""
+        for b in batch_rows.tolist():
+            real = self.mask[b, :self.filled].bool()
+            pasts[self.rows[b].item()] = Past([layer.keys[b][:, :self.filled][:, real] for layer in self.cache.layers],
+                                              [layer.values[b][:, :self.filled][:, real]
+                                               for layer in self.cache.layers])
+
+
+def _load_pasts(cache: StaticCache, pasts, cached: list[int], width: int, device) -> None:
+    """Write each row's cached keys and values into ``cache``, right-aligned to ``width`` slots."""
+    first = next(p for p in pasts if p is not None)
+    for layer, like in enumerate(first.keys):
+        keys = like.new_zeros((len(pasts), like.shape[0], width, like.shape[-1]))
+        values = torch.zeros_like(keys)
+        for row, (p, n) in enumerate(zip(pasts, cached)):
+            if n:
+                keys[row, :, width - n:] = p.keys[layer][:, :n]
+                values[row, :, width - n:] = p.values[layer][:, :n]
+        cache.update(keys.to(device), values.to(device), layer)
 
 
 @dataclass

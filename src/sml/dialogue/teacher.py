@@ -14,23 +14,19 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from sml import settings
 from sml.dialogue.environment import EQUATION as _EQUATION  # noqa: F401 (qprime reads it from here)
 from sml.dialogue.environment import STEP_REF, TeacherView, leaks
 from sml.tasks.schema import metadata, prompt_for
 from sml.tasks.toy_math import format_number, steps_of
 from sml.verify.math import parse_number
 
-FEEDBACK_KINDS = ("verdict", "direction", "step", "tests")
 _TEST_CALL = re.compile(r"assert\s+(.+?)\s*==", re.DOTALL)
 
 
 def parse_feedback_kinds(kinds: str | list[str]) -> list[str]:
-    """``"verdict,step"`` -> ``["verdict", "step"]``, rejecting unknown kinds by name."""
-    kinds = [k.strip() for k in kinds.split(",")] if isinstance(kinds, str) else list(kinds)
-    unknown = [k for k in kinds if k not in FEEDBACK_KINDS]
-    if not kinds or unknown:
-        raise ValueError(f"teacher.feedback: unknown or empty kinds {unknown or kinds!r}; choose from {FEEDBACK_KINDS}")
-    return kinds
+    """``"verdict,step"`` -> ``["verdict", "step"]`` (the kinds ``settings.FEEDBACK`` allows)."""
+    return [k.strip() for k in kinds.split(",") if k.strip()] if isinstance(kinds, str) else list(kinds)
 
 
 # --- what a teacher sees ------------------------------------------------------------------------------
@@ -102,7 +98,7 @@ class ScriptedTeacher(Teacher):
     final step's value away.
     """
 
-    def __init__(self, feedback: str | list[str] = "verdict,direction,step,tests", reveal_answer: bool = False):
+    def __init__(self, feedback: str | list[str] = settings.FEEDBACK, reveal_answer: bool = False):
         self.feedback = parse_feedback_kinds(feedback)
         self.reveal_answer = reveal_answer
 

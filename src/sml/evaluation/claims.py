@@ -21,8 +21,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from sml.settings import DOMAINS
+
 BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
-DOMAINS = ("math", "code")
 
 
 def mover(a: float, a_ci, b: float, b_ci) -> tuple[float, float, float]:

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-DOMAINS = ("math", "code")
+from sml.settings import DOMAINS
 
 
 def figures_dir(out_root: str | Path) -> Path:

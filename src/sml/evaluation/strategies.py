@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
+from sml import settings
 from sml.dialogue.llm_teacher import HFTeacher, LLMTeacher, OpenAITeacher
 from sml.dialogue.environment import classify
 
-KINDS = ("rules", "hf", "openai")
 STRATEGIES = ("answer_attempt", "clarification", "interrogation", "discussion", "hedging", "refusal", "missing")
 LABEL_OF = {
     "answer_attempt": "attempt", "hedging": "attempt",  # a hedge still commits to answers the verifier can check
@@ -104,22 +105,16 @@ class StrategyClassifier:
         return judged
 
 
-def make_classifier(p: dict) -> StrategyClassifier | None:
-    """The classifier named by a ``classifier`` params section; ``None`` for ``kind: rules``, where
-    the engine keeps ``sml.dialogue.environment.classify``."""
-    kind = p.get("kind", "rules")
-    if kind not in KINDS:
-        raise ValueError(f"classifier.kind: unknown kind {kind!r}; choose from {KINDS}")
-    if kind == "rules":
+def make_classifier(classifier: settings.Classifier, out_root: str | Path = ".") -> StrategyClassifier | None:
+    """The classifier that ``classifier`` (params.yaml's section) names; ``None`` for ``kind: rules``, where
+    the engine keeps ``sml.dialogue.environment.classify``. An LLM caches its answers in
+    ``classifier.cache_dir`` under ``out_root``."""
+    if classifier.kind == "rules":
         return None
-    if not p.get("model"):
-        raise ValueError(f"classifier.model: required for classifier.kind {kind!r} (a model id or local path)")
     # Deterministic and short: the answer is one name (or a small JSON object around it).
-    common = {"max_new_tokens": int(p.get("max_new_tokens", 16)), "temperature": 0.0, "cache_dir": p.get("cache_dir")}
-    if kind == "hf":
-        return StrategyClassifier(HFTeacher(p["model"], **common))
-    if not p.get("base_url"):
-        raise ValueError("classifier.base_url: required for classifier.kind 'openai' (e.g. http://localhost:8000/v1)")
-    return StrategyClassifier(OpenAITeacher(p["base_url"], p["model"], api_key_env=p.get("api_key_env", "OPENAI_API_KEY"),
-                                            timeout_s=float(p.get("timeout_s", 60)),
-                                            max_retries=int(p.get("max_retries", 3)), **common))
+    common = {"max_new_tokens": 16, "temperature": 0.0,
+              "cache_dir": Path(out_root) / classifier.cache_dir if classifier.cache_dir else None}
+    if classifier.kind == "hf":
+        return StrategyClassifier(HFTeacher(classifier.model, **common))
+    return StrategyClassifier(OpenAITeacher(classifier.base_url, classifier.model, api_key_env=classifier.api_key_env,
+                                            **common))

@@ -10,10 +10,10 @@ import datasets
 from . import hub, toy_code, toy_math
 from .humaneval import load_humaneval
 from .schema import FEATURES, TaskError
+from sml.settings import SOURCES
 
 TOY = ("toy_math", "toy_code")
 EVAL_ONLY = ("humaneval", "livecodebench", "lost_in_conversation")  # benchmarks: never trained on
-SOURCES = TOY + ("omni_math", "opencodeinstruct") + EVAL_ONLY
 
 
 def check_params(p: dict) -> None:

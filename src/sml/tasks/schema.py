@@ -22,8 +22,8 @@ import json
 
 import datasets
 
-DOMAINS = ("math", "code")
-VARIANTS = ("full", "sharded")
+from sml.settings import DOMAINS, VARIANTS
+
 
 FEATURES = datasets.Features({
     "id": datasets.Value("string"),

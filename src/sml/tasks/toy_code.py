@@ -10,9 +10,10 @@ from __future__ import annotations
 import random
 import string
 
+from sml.settings import FAMILIES
+
 from .schema import TaskError, make_task
 
-FAMILIES = ("int", "list", "str")
 
 
 def _int_step(rng: random.Random) -> tuple[str, str]:

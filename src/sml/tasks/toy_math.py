@@ -7,9 +7,10 @@ from fractions import Fraction
 
 import reasoning_gym
 
+from sml.settings import MATH_GENERATORS as GENERATORS
+
 from .schema import TaskError, make_task
 
-GENERATORS = ("basic_arithmetic", "chain_sum")
 _OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 
 

@@ -22,15 +22,12 @@ import datasets
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from sml import optional, resume
+from sml import optional, resume, settings
 from sml.dialogue.engine import run_dialogues
 from sml.dialogue.environment import Dialogue
 from sml.train.sft import inference_copy, precision
 from sml.dialogue.student import Student
 
-CREDIT = ("conversation", "turn")
-GENERATION = ("engine", "vllm")
-VLLM_MODES = ("colocate", "server")
 
 
 def conversation_sample(d: Dialogue, eos_id: int) -> dict:
@@ -119,12 +116,13 @@ def conversation_reward(completions, reward, solved_turn=None, log_metric=None, 
     return list(reward)
 
 
-def make_rollout_func(tasks: list[dict], teacher, *, prompt_key: str = "prompt", max_turns: int = 4,
-                      gamma: float = 0.7, merge: bool = True, **engine_kwargs) -> Callable:
-    """A ``rollout_func(prompts, trainer)`` that runs one dialogue per prompt received with the trainer's
-    current model (the adapter being trained) as the student. ``prompts`` are the dataset's prompts
-    (``task[prompt_key]``), each mapped back to its task. ``merge`` samples from a copy with the adapter
-    merged in (the same function, faster: LoRA's extra matmuls cost more than a tiny model's own)."""
+def make_rollout_func(tasks: list[dict], teacher, dialogue: settings.Dialogue, *, max_turns: int,
+                      prompt_key: str = "prompt", merge: bool = True) -> Callable:
+    """A ``rollout_func(prompts, trainer)`` that runs one dialogue per prompt received (up to ``max_turns``
+    student turns, sampled as ``dialogue`` says) with the trainer's current model (the adapter being
+    trained) as the student. ``prompts`` are the dataset's prompts (``task[prompt_key]``), each mapped back
+    to its task. ``merge`` samples from a copy with the adapter merged in (the same function, faster:
+    LoRA's extra matmuls cost more than a tiny model's own)."""
     by_prompt = {t[prompt_key]: t for t in tasks}
 
     def rollout(prompts, trainer) -> dict:
@@ -137,11 +135,11 @@ def make_rollout_func(tasks: list[dict], teacher, *, prompt_key: str = "prompt",
             student = VLLMStudent(trainer.vllm_generation, trainer.processing_class)
         else:
             student = Student(inference_copy(model) if merge else model, trainer.processing_class)
-        dialogues = run_dialogues([by_prompt[_text(p)] for p in prompts], student, teacher, max_turns=max_turns,
-                                  gamma=gamma, progress=False,
-                                  seed=1_000_003 * trainer.args.seed + trainer.state.global_step, **engine_kwargs)
+        dialogues = run_dialogues([by_prompt[_text(p)] for p in prompts], student, teacher, dialogue,
+                                  max_turns=max_turns, seed=1_000_003 * trainer.args.seed + trainer.state.global_step,
+                                  progress=False)
         model.train(was_training)
-        return rollout_outputs(dialogues, student.eos_id, gamma)
+        return rollout_outputs(dialogues, student.eos_id, dialogue.gamma)
 
     return rollout
 
@@ -168,86 +166,57 @@ def _text(prompt) -> str:
     return prompt if isinstance(prompt, str) else prompt[-1]["content"]
 
 
-def check_settings(*, steps: int, tasks_per_step: int, group_size: int, lr: float, credit: str = "conversation",
-                   micro_batch: int = 0, generation: str = "engine", vllm_mode: str = "colocate",
-                   section: str = "online_sml") -> None:
-    """Reject bad GRPO settings by name (``section.key``) before any model is loaded."""
-    for name, value in (("steps", steps), ("tasks_per_step", tasks_per_step), ("group_size", group_size)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{section}.{name}: must be a positive integer, got {value!r}")
-    if group_size < 2:
-        raise ValueError(f"{section}.group_size: GRPO needs at least 2 samples per task, got {group_size!r}")
-    if not isinstance(lr, (int, float)) or lr <= 0:
-        raise ValueError(f"{section}.lr: must be a positive number, got {lr!r}")
-    if credit not in CREDIT:
-        raise ValueError(f"{section}.credit: must be one of {CREDIT}, got {credit!r}")
-    per_step = tasks_per_step * group_size
-    if not isinstance(micro_batch, int) or micro_batch < 0 or (micro_batch and per_step % micro_batch):
-        raise ValueError(f"online_sml.micro_batch: must be 0 or divide the {per_step} conversations of a step, "
-                         f"got {micro_batch!r}")
-    if generation not in GENERATION:
-        raise ValueError(f"generation.grpo: must be one of {GENERATION}, got {generation!r}")
-    if generation == "vllm":
-        if vllm_mode not in VLLM_MODES:
-            raise ValueError(f"generation.vllm_mode: must be one of {VLLM_MODES}, got {vllm_mode!r}")
-        optional.require("vllm", "vllm", "generation.grpo 'vllm'")
+def grpo_config(out_dir: str, online: settings.OnlineSML, *, seed: int, checkpoint_steps: int = 0,
+                bf16: bool = False, vllm: dict | None = None) -> GRPOConfig:
+    """CPU-friendly GRPO settings: one optimiser step per batch of ``online.tasks_per_step`` tasks x
+    ``online.group_size`` conversations at a constant learning rate (no warm-up: with a dozen steps, a
+    warm-up step would run at lr 0), logged every step; TRL's defaults otherwise (DAPO token-level loss,
+    group-scaled advantages, clip 0.2). ``online.micro_batch`` conversations go through each forward/backward
+    pass (0: the whole step at once), with gradient accumulation up to the step; the step's conversations
+    are still rolled out in one call. ``vllm`` (``vllm_settings``) switches rollouts to TRL's vLLM integration."""
+    per_step = online.tasks_per_step * online.group_size
+    batch = online.micro_batch or per_step
+    return GRPOConfig(output_dir=out_dir, max_steps=online.steps, per_device_train_batch_size=batch,
+                      gradient_accumulation_steps=per_step // batch, num_generations=online.group_size,
+                      learning_rate=online.lr, beta=online.beta, lr_scheduler_type="constant", logging_steps=1,
+                      report_to="none", seed=seed, data_seed=seed, **precision(bf16), gradient_checkpointing=False,
+                      disable_tqdm=False, **resume.checkpointing(checkpoint_steps), **(vllm or {}))
 
 
-def grpo_config(out_dir: str, *, steps: int, tasks_per_step: int, group_size: int, lr: float, seed: int,
-                beta: float = 0.0, checkpoint_steps: int = 0, micro_batch: int = 0, bf16: bool = False,
-                vllm: dict | None = None) -> GRPOConfig:
-    """CPU-friendly GRPO settings: one optimiser step per batch of ``tasks_per_step`` tasks x ``group_size``
-    conversations at a constant learning rate (no warm-up: with a dozen steps, a warm-up step would run at
-    lr 0), logged every step; TRL's defaults otherwise (DAPO token-level loss, group-scaled advantages,
-    clip 0.2). ``micro_batch`` conversations go through each forward/backward pass (0: the whole step at
-    once), with gradient accumulation up to the step; the step's conversations are still rolled out in one
-    call. ``vllm`` (``vllm_settings``) switches rollouts to TRL's vLLM integration."""
-    check_settings(steps=steps, tasks_per_step=tasks_per_step, group_size=group_size, lr=lr, micro_batch=micro_batch)
-    batch = micro_batch or tasks_per_step * group_size
-    return GRPOConfig(output_dir=out_dir, max_steps=steps, per_device_train_batch_size=batch,
-                      gradient_accumulation_steps=tasks_per_step * group_size // batch,
-                      num_generations=group_size, learning_rate=lr, beta=beta, lr_scheduler_type="constant",
-                      logging_steps=1, report_to="none", seed=seed, data_seed=seed, **precision(bf16),
-                      gradient_checkpointing=False, disable_tqdm=False, **resume.checkpointing(checkpoint_steps),
-                      **(vllm or {}))
-
-
-def vllm_settings(mode: str, server_url: str, gpu_memory: float, *, max_new_tokens: int = 96,
-                  temperature: float = 1.0, top_p: float = 1.0) -> dict:
+def vllm_settings(generation: settings.Generation, dialogue: settings.Dialogue) -> dict:
     """``GRPOConfig`` fields for vLLM rollouts. Importance-sampling correction is off: a completion holds the
     teacher's tokens too, which vLLM did not sample, so there are no sampling log-probs to correct with."""
-    return {"use_vllm": True, "vllm_mode": mode, "vllm_server_base_url": server_url or None,
-            "vllm_gpu_memory_utilization": gpu_memory, "vllm_importance_sampling_correction": False,
-            "max_completion_length": max_new_tokens, "temperature": temperature, "top_p": top_p}
+    return {"use_vllm": True, "vllm_mode": generation.vllm_mode,
+            "vllm_server_base_url": generation.vllm_server_url or None,
+            "vllm_gpu_memory_utilization": generation.vllm_gpu_memory, "vllm_importance_sampling_correction": False,
+            "max_completion_length": dialogue.max_new_tokens, "temperature": dialogue.temperature,
+            "top_p": dialogue.top_p}
 
 
-def train(model, tokenizer, tasks, teacher, out_dir: str, *, steps: int, tasks_per_step: int, group_size: int,
-          lr: float, seed: int, max_turns: int, gamma: float, credit: str = "conversation", beta: float = 0.0,
-          callbacks=(), checkpoint_steps: int = 0, micro_batch: int = 0, bf16: bool = False, generation: str = "engine",
-          vllm_mode: str = "colocate", vllm_server_url: str = "", vllm_gpu_memory: float = 0.3,
-          **engine_kwargs) -> list[dict]:
-    """Online SML: GRPO on the LoRA adapter of ``model`` (a PEFT model) with the dialogue engine as the
-    rollout, ``group_size`` conversations of up to ``max_turns`` student turns per task. ``max_turns=1``
-    is single-turn GRPO (``st_rl``). Returns the trainer's log. With ``checkpoint_steps``, checkpoints go
-    to ``out_dir`` and a rerun resumes from the newest (rollouts are seeded by step, so it continues
-    exactly as an uninterrupted run would). ``generation="vllm"`` samples the student's turns with vLLM
-    (``vllm_mode`` colocate or server; see the module docstring)."""
-    check_settings(steps=steps, tasks_per_step=tasks_per_step, group_size=group_size, lr=lr, credit=credit,
-                   micro_batch=micro_batch, generation=generation, vllm_mode=vllm_mode)
+def train(model, tokenizer, tasks, teacher, out_dir: str, online: settings.OnlineSML, dialogue: settings.Dialogue,
+          generation: settings.Generation, *, seed: int, max_turns: int, callbacks=(), checkpoint_steps: int = 0,
+          bf16: bool = False) -> list[dict]:
+    """Online SML: GRPO (``online``'s budget, learning rate, credit and KL) on the LoRA adapter of ``model``
+    (a PEFT model) with the dialogue engine as the rollout, ``online.group_size`` conversations of up to
+    ``max_turns`` student turns per task. ``max_turns=1`` is single-turn GRPO (``st_rl``). Returns the
+    trainer's log. With ``checkpoint_steps``, checkpoints go to ``out_dir`` and a rerun resumes from the
+    newest (rollouts are seeded by step, so it continues exactly as an uninterrupted run would).
+    ``generation.grpo`` ``vllm`` samples the student's turns with vLLM (``generation.vllm_mode`` colocate or
+    server; see the module docstring)."""
+    use_vllm = generation.grpo == "vllm"
+    if use_vllm:
+        optional.require("vllm", "vllm", "generation.grpo 'vllm'")
     tasks = list(tasks)
     if not tasks:
         raise ValueError("grpo.train: no training tasks")
-    sampling = {k: engine_kwargs[k] for k in ("max_new_tokens", "temperature", "top_p") if k in engine_kwargs}
-    vllm = vllm_settings(vllm_mode, vllm_server_url, vllm_gpu_memory, **sampling) if generation == "vllm" else None
-    config = grpo_config(out_dir, steps=steps, tasks_per_step=tasks_per_step, group_size=group_size, lr=lr,
-                         seed=seed, beta=beta, checkpoint_steps=checkpoint_steps, micro_batch=micro_batch, bf16=bf16,
-                         vllm=vllm)
-    rollout = make_rollout_func(tasks, teacher, max_turns=max_turns, gamma=gamma, **engine_kwargs)
-    trainer_class = TurnCreditGRPOTrainer if credit == "turn" else GRPOTrainer
+    config = grpo_config(out_dir, online, seed=seed, checkpoint_steps=checkpoint_steps, bf16=bf16,
+                         vllm=vllm_settings(generation, dialogue) if use_vllm else None)
+    rollout = make_rollout_func(tasks, teacher, dialogue, max_turns=max_turns)
+    trainer_class = TurnCreditGRPOTrainer if online.credit == "turn" else GRPOTrainer
     trainer = trainer_class(model=model, reward_funcs=conversation_reward, args=config, processing_class=tokenizer,
                             train_dataset=datasets.Dataset.from_dict({"prompt": [t["prompt"] for t in tasks]}),
                             rollout_func=rollout, callbacks=resume.with_replay(callbacks))
-    if generation == "vllm" and vllm_mode == "server" and trainer.accelerator.num_processes > 1:
+    if use_vllm and generation.vllm_mode == "server" and trainer.accelerator.num_processes > 1:
         # the server gathers every process's prompts once per call; dialogues end at different turns, so
         # processes would make different numbers of calls and wait on each other forever
         raise NotImplementedError("generation.vllm_mode 'server' runs with one training process; use 'colocate'")

@@ -25,19 +25,10 @@ from sml.tasks.schema import metadata
 from sml.tasks.toy_math import steps_of
 from sml.verify.math import parse_number
 
-SOURCES = ("template", "model")
-
 
 def injection_probability(turn: int, decay: float = 0.75) -> float:
     """The chance that a failed student turn ``turn`` (1-based) is replaced by a question."""
     return decay ** turn
-
-
-def check_settings(decay: float, source: str) -> None:
-    if not 0 <= decay <= 1:
-        raise ValueError(f"q_priming.decay: must be in [0, 1], got {decay!r}")
-    if source not in SOURCES:
-        raise ValueError(f"q_priming.question_source: must be one of {SOURCES}, got {source!r}")
 
 
 # --- the template question ------------------------------------------------------------------------
@@ -86,13 +77,10 @@ def question_prompt(view: TeacherView, attempt: str) -> list[dict]:
 @dataclass
 class Injection:
     """The Q-priming settings the engine applies to every failed student turn (``engine.run_dialogues``)."""
-    decay: float = 0.75
-    source: str = "template"
+    decay: float  # q_priming.decay
+    source: str  # q_priming.question_source: "template" or "model"
     max_new_tokens: int = 48
     counts: dict = field(default_factory=lambda: {"turns": 0, "injected": 0, "model": 0, "template": 0})
-
-    def __post_init__(self):
-        check_settings(self.decay, self.source)
 
     def choose(self, turn: int, dialogues, correct: list[bool], rng: random.Random) -> list[int]:
         """Which of this turn's dialogues get a question: one draw per failed turn, in dialogue order."""

@@ -23,7 +23,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from trl import SFTConfig, SFTTrainer
 
-from sml import resume
+from sml import resume, settings
 from sml.dialogue.remote_student import adapter_name, load_student
 from sml.dialogue.student import Student
 from sml.tasks.build import load_tasks
@@ -80,13 +80,12 @@ def sft_config(out_dir: str, *, epochs: float, batch_size: int, lr: float, seed:
         **precision(bf16), **resume.checkpointing(checkpoint_steps))
 
 
-def add_adapter(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0, seed: int = 0) -> PeftModel:
-    """Wrap ``model`` in a fresh LoRA adapter on every linear layer. Seeding right before the adapter is
-    created makes its initial weights (and so the whole run) a function of ``seed``."""
-    if r < 1:
-        raise ValueError(f"finetune.lora_r: must be a positive integer, got {r!r}")
+def add_adapter(model, finetune: settings.Finetune, seed: int) -> PeftModel:
+    """Wrap ``model`` in a fresh LoRA adapter on every linear layer (``finetune.lora_*``). Seeding right
+    before the adapter is created makes its initial weights (and so the whole run) a function of ``seed``."""
     torch.manual_seed(seed)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
+    config = LoraConfig(r=finetune.lora_r, lora_alpha=finetune.lora_alpha, lora_dropout=finetune.lora_dropout,
+                        target_modules="all-linear", task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
 
@@ -109,36 +108,34 @@ def trained(model) -> bool:
     return any(bool(p.detach().abs().max() > 0) for name, p in model.named_parameters() if "lora_B" in name)
 
 
-def rollout_student(model, tokenizer, model_path: str, *, backend: str = "local", base_url: str = "",
-                    api_key_env: str = "OPENAI_API_KEY", adapter_dir=None):
+def rollout_student(model, tokenizer, model_path: str, generation: settings.Generation, adapter_dir=None):
     """The student that collects training dialogues (offline SML, Q-priming) with ``model`` as it is now,
     sampled where evaluation samples (``generation.eval``):
 
     - ``local``: in-process, a copy of ``model`` with its adapter merged (``inference_copy``);
-    - ``openai``: the OpenAI-compatible server at ``base_url``, which serves the student ``model_path``.
+    - ``openai``: the OpenAI-compatible server at ``generation.eval_base_url``, which serves the student ``model_path``.
       While the adapter is fresh (``trained``: it changes nothing), the server's base model samples. Once
       trained (offline SML from round 2 on), the adapter is saved to ``adapter_dir`` and registered with
       the server under a name made from that path (vLLM: ``--enable-lora``, a ``--max-lora-rank`` of at
       least ``finetune.lora_r``, ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``, and ``adapter_dir`` on a
       file system the server can read)."""
-    if backend == "local":
+    if generation.eval == "local":
         return Student(inference_copy(model), tokenizer)
     adapter = None
-    if backend == "openai" and isinstance(model, PeftModel) and trained(model):
+    if isinstance(model, PeftModel) and trained(model):
         if adapter_dir is None:
             raise ValueError("rollout_student: the adapter has been trained, so the server must serve it: pass an "
                              "adapter_dir to save it to")
         adapter = Path(adapter_dir).resolve()
         model.save_pretrained(adapter)
     try:
-        return load_student(model_path, adapter and str(adapter), backend=backend, base_url=base_url,
-                            api_key_env=api_key_env)
+        return load_student(model_path, adapter and str(adapter), generation)
     except (RuntimeError, OSError) as e:
         if adapter is None:
             raise
         raise RuntimeError(
             f"generation.eval 'openai' with offline_sml.rounds > 1: from round 2 on, dialogues are sampled from the "
-            f"adapter trained so far, so the server at {base_url} must load it, as {adapter_name(adapter)!r} from "
+            f"adapter trained so far, so the server at {generation.eval_base_url} must load it, as {adapter_name(adapter)!r} from "
             f"{adapter}, and it could not ({e}). Serve the student with --enable-lora, --max-lora-rank >= "
             "finetune.lora_r and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True on a machine that can read that folder, or "
             "set offline_sml.rounds 1 or generation.eval local") from e
@@ -173,17 +170,17 @@ def single_turn(tasks, n: int, seed: int) -> datasets.Dataset:
     return datasets.Dataset.from_list([{"messages": chat(tasks[i])} for i in order[:n]])
 
 
-def train(model, tokenizer, data: datasets.Dataset, out_dir: str, *, epochs: float, batch_size: int, lr: float,
-          seed: int, callbacks=(), logging_steps: int = 1, checkpoint_steps: int = 0,
-          bf16: bool | None = None) -> list[dict]:
-    """Train ``model`` (a PEFT model: only the adapter learns) on the chats in ``data``; return the log.
-    With ``checkpoint_steps``, checkpoints go to ``out_dir`` and a rerun resumes from the newest. ``bf16``
-    (None: ``uses_bf16(model)``, so bf16 exactly when the student was loaded as bfloat16) picks the precision."""
+def train(model, tokenizer, data: datasets.Dataset, out_dir: str, finetune: settings.Finetune, *, seed: int,
+          callbacks=(), logging_steps: int = 1, checkpoint_steps: int = 0, bf16: bool | None = None) -> list[dict]:
+    """Train ``model`` (a PEFT model: only the adapter learns) on the chats in ``data`` with ``finetune``'s
+    epochs, batch size and learning rate; return the log. With ``checkpoint_steps``, checkpoints go to
+    ``out_dir`` and a rerun resumes from the newest. ``bf16`` (None: ``uses_bf16(model)``, so bf16 exactly
+    when the student was loaded as bfloat16) picks the precision."""
     if len(data) == 0:
         raise ValueError("sft.train: no training examples (did any dialogue succeed?)")
-    config = sft_config(out_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, logging_steps=logging_steps,
-                        scheduler="constant_with_warmup", checkpoint_steps=checkpoint_steps,
-                        bf16=uses_bf16(model) if bf16 is None else bf16)
+    config = sft_config(out_dir, epochs=finetune.epochs, batch_size=finetune.batch_size, lr=finetune.lr, seed=seed,
+                        logging_steps=logging_steps, scheduler="constant_with_warmup",
+                        checkpoint_steps=checkpoint_steps, bf16=uses_bf16(model) if bf16 is None else bf16)
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
                          callbacks=resume.with_replay(callbacks))
     resume.train(trainer, out_dir if checkpoint_steps else None)
