@@ -9,6 +9,7 @@ import re
 import pandas as pd
 import pytest
 import sections
+import torch
 from tiny_models import ReplayStudent, tiny_model, tiny_tokenizer
 
 from sml.evaluation import transcripts
@@ -223,3 +224,36 @@ def test_kv_cache_kept_between_turns_changes_nothing(tok, model):
                           max_turns=3, progress=False, reuse_cache=reuse) for reuse in (False, True)]
     assert [d.student_ids for d in runs[0]] == [d.student_ids for d in runs[1]]
     assert sum(d.turns for d in runs[1]) > len(tasks)  # later turns did run from the cache
+
+
+def test_a_dialogue_draws_the_same_random_numbers_alone_or_in_a_batch_of_64(tok, model):
+    """Each dialogue samples from its own stream (seeded by the run's seed, its task and its sample), so a
+    batch's composition does not change which random numbers it draws. Under fixed logits (the next-token
+    distribution never depends on the context) the tokens it samples show exactly those numbers."""
+    fixed = torch.randn(len(tok), generator=torch.Generator().manual_seed(0)) * 2
+
+    def fix_logits(module, args, out):
+        out.logits.copy_(fixed.expand_as(out.logits))
+
+    hook = model.register_forward_hook(fix_logits)
+    try:
+        student = Student(model, tok, device="cpu")
+        fixed[student.eos_id] = torch.logsumexp(fixed, 0) - 2.2  # about one token in ten ends the turn
+        tasks = toy_math.generate(64, 9)
+        dialogue = sections.dialogue(max_new_tokens=12)
+
+        def tokens(tasks, seed, **kwargs):
+            return {(d.task["id"], d.sample): d.student_ids
+                    for d in run_dialogues(tasks, student, ScriptedTeacher(), dialogue, max_turns=2, seed=seed,
+                                           progress=False, **kwargs)}
+
+        batch = tokens(tasks, seed=3)
+        for i in (0, 17, 63):
+            assert tokens([tasks[i]], seed=3) == {(tasks[i]["id"], 0): batch[(tasks[i]["id"], 0)]}
+        assert tokens([tasks[17]], seed=4) != tokens([tasks[17]], seed=3)  # the seed does matter
+        two = tokens([tasks[17]], seed=3, samples_per_task=2)
+        assert two[(tasks[17]["id"], 0)] == batch[(tasks[17]["id"], 0)] != two[(tasks[17]["id"], 1)]
+        ended = [len(ids) < 12 for turns in batch.values() for ids in turns]
+        assert any(ended) and not all(ended)  # rows left the batch at different steps
+    finally:
+        hook.remove()

@@ -3,13 +3,16 @@
 Each round: one batched student ``generate`` over every active dialogue, then the environment
 (``sml.dialogue.environment``) judges every student turn, then the teacher replies to all of them.
 A dialogue ends when the student answers correctly or after ``max_turns`` student turns; finished
-dialogues drop out of the batch. The same engine collects SFT data, produces GRPO rollouts (it keeps
-the student's generated token ids) and runs evaluation.
+dialogues drop out of the batch. Each dialogue samples from its own random stream (``dialogue_seed``), so
+what it draws does not depend on which other dialogues share its batch. The same engine collects SFT
+data, produces GRPO rollouts (it keeps the student's generated token ids) and runs evaluation.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
+from collections import Counter
 
 import torch
 from tqdm.auto import tqdm
@@ -20,13 +23,26 @@ from sml.dialogue.student import Student
 from sml.dialogue.teacher import Teacher
 
 
-def start(tasks, student: Student, teacher: Teacher, env: Environment, samples_per_task: int) -> list[Dialogue]:
-    """Open one dialogue per task and sample: the teacher states the problem (or its intent)."""
-    dialogues = []
+def dialogue_seed(seed: int, task_id: str, occurrence: int) -> int:
+    """The seed of one dialogue's own random stream: a hash of the run's seed, its task and which of that
+    task's dialogues it is (a task listed twice, as GRPO's groups are, counts on), so that a dialogue draws
+    the same random numbers whatever else runs in its batch."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{task_id}:{occurrence}".encode()).digest()[:8], "little") >> 1
+
+
+def start(tasks, student: Student, teacher: Teacher, env: Environment, samples_per_task: int,
+          seed: int) -> list[Dialogue]:
+    """Open one dialogue per task and sample, each with its own random stream: the teacher states the
+    problem (or its intent)."""
+    dialogues, seen = [], Counter()
     for task in tasks:
         messages = [{"role": "user", "content": teacher.open(task, env.variant)}]
         ids = student.prompt_ids(messages)
-        dialogues += [env.open(task, k, messages, ids) for k in range(samples_per_task)]
+        for k in range(samples_per_task):
+            d = env.open(task, k, messages, ids)
+            d.stream = torch.Generator().manual_seed(dialogue_seed(seed, task["id"], seen[task["id"]]))
+            seen[task["id"]] += 1
+            dialogues.append(d)
     return dialogues
 
 
@@ -41,9 +57,11 @@ def dialogues_with_room(dialogues: list[Dialogue], student: Student, max_new_tok
 
 def student_turns(student: Student, dialogues: list[Dialogue], max_new_tokens: int, sampling: dict,
                   reuse_cache: bool) -> list[StudentTurn]:
-    """One batched ``generate`` over every dialogue (from its KV cache when ``reuse_cache``)."""
+    """One batched ``generate`` over every dialogue (from its KV cache when ``reuse_cache``), each sampling
+    from its own random stream."""
     pasts = [d.past for d in dialogues] if reuse_cache else None  # generate updates them in place
-    generated = student.generate([d.ids for d in dialogues], max_new_tokens, pasts=pasts, **sampling)
+    generated = student.generate([d.ids for d in dialogues], max_new_tokens, pasts=pasts,
+                                 streams=[d.stream for d in dialogues], **sampling)
     return [StudentTurn(student.decode(ids), ids, pasts[k] if pasts is not None else None)
             for k, (ids, _) in enumerate(generated)]
 
@@ -86,7 +104,7 @@ def run_dialogues(tasks, student: Student, teacher: Teacher, dialogue: settings.
     env = Environment(variant, max_turns, dialogue.shard_reveal, dialogue.block_leaks, judge or Judge(), classifier)
     inject_rng = random.Random(seed)  # its own stream: injection draws leave the student's sampling alone
     sampling = dict(temperature=dialogue.temperature, top_p=dialogue.top_p, batch_size=dialogue.batch_size)
-    dialogues = start(list(tasks), student, teacher, env, samples_per_task)
+    dialogues = start(list(tasks), student, teacher, env, samples_per_task, seed)
     bar = tqdm(total=len(dialogues), desc=f"dialogues ({variant}, {max_turns} turns)", unit="dialogue",
                disable=not progress)
     for turn in range(1, max_turns + 1):

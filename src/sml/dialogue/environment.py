@@ -58,6 +58,7 @@ class Dialogue:
     student_ids: list[list[int]] = field(default_factory=list)
     turn_starts: list[int] = field(default_factory=list)  # where each student turn begins in ``ids``
     past: object = None  # the student's KV cache of ``ids`` (kept between turns; see Student.generate)
+    stream: object = None  # its own random numbers, a torch.Generator (``engine.dialogue_seed``)
     hints_given: int = 0
     solved_turn: int = 0
     stop: str = ""

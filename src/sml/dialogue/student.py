@@ -124,35 +124,42 @@ class Student:
     # sampling -----------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], max_new_tokens: int = 96, temperature: float = 1.0,
-                 top_p: float = 1.0, batch_size: int = 64, pasts: list | None = None) -> list[tuple[list[int], bool]]:
+                 top_p: float = 1.0, batch_size: int = 64, pasts: list | None = None,
+                 streams: list | None = None) -> list[tuple[list[int], bool]]:
         """Sample one completion per prompt, in batches of similar length (less padding).
 
         ``pasts`` (optional, one entry per prompt, ``None`` or a ``Past`` from an earlier call) carries
         each conversation's KV cache from turn to turn, so only the new tokens are run through the model;
-        it is updated in place to cover each prompt plus its completion."""
+        it is updated in place to cover each prompt plus its completion. ``streams`` (optional, one
+        ``torch.Generator`` per prompt) gives each prompt its own random numbers, ``max_new_tokens``
+        uniforms per call whatever it uses of them, so which numbers a conversation draws does not depend on
+        what else is in the batch; without them every row draws from torch's global generator."""
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[tuple[list[int], bool]] = [([], False)] * len(prompts)
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             chunk_pasts = [pasts[i] for i in chunk] if pasts is not None else [None] * len(chunk)
+            chunk_streams = [streams[i] for i in chunk] if streams is not None else None
             completions, new_pasts = self._sample([prompts[i] for i in chunk], chunk_pasts, max_new_tokens,
-                                                  temperature, top_p)
+                                                  temperature, top_p, chunk_streams)
             for i, completion, past in zip(chunk, completions, new_pasts):
                 out[i] = completion
                 if pasts is not None:
                     pasts[i] = past
         return out
 
-    def _sample(self, prompts, pasts, max_new_tokens, temperature, top_p):
+    def _sample(self, prompts, pasts, max_new_tokens, temperature, top_p, streams=None):
         """A plain decoding loop that drops each sequence from the batch as soon as it ends (turn lengths
         are ragged: ``generate`` would keep stepping finished rows until the longest turn ends)."""
         batch = Batch.prefill(self, prompts, pasts, max_new_tokens)
+        uniforms = torch.stack([torch.rand(max_new_tokens, generator=g) for g in streams]) if streams else None
         tokens: list[list[int]] = [[] for _ in prompts]
         ended = [False] * len(prompts)
         new_pasts: list[Past | None] = [None] * len(prompts)
         for step in range(max_new_tokens):
-            chosen = _pick(batch.logits, temperature, top_p)
-            for row, token in zip(batch.rows.tolist(), chosen.tolist()):
+            rows = batch.rows.tolist()
+            chosen = _pick(batch.logits, temperature, top_p, None if uniforms is None else uniforms[rows, step])
+            for row, token in zip(rows, chosen.tolist()):
                 if token == self.eos_id:
                     ended[row] = True
                 else:
@@ -264,8 +271,9 @@ def left_pad(prompts: list[list[int]], pad_id: int, width: int | None = None) ->
     return ids, mask
 
 
-def _pick(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """Greedy at temperature 0, else a sample from the temperature-scaled, top-p-truncated distribution."""
+def _pick(logits: torch.Tensor, temperature: float, top_p: float, uniform: torch.Tensor | None = None) -> torch.Tensor:
+    """Greedy at temperature 0, else a sample from the temperature-scaled, top-p-truncated distribution:
+    with ``uniform`` (one number in [0, 1) per row), the inverse of each row's CDF at it."""
     if temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -274,4 +282,8 @@ def _pick(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tenso
         drop = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
         sorted_probs[drop] = 0
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1).squeeze(-1)
+    if uniform is None:
+        return torch.multinomial(probs, 1).squeeze(-1)
+    cdf = probs.cumsum(-1)
+    u = uniform.to(cdf.device) * cdf[:, -1]  # the CDF's last value, which rounding keeps near 1
+    return torch.searchsorted(cdf, u[:, None], right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
