@@ -1,4 +1,8 @@
-"""Build the task sets: every source in our schema, split train/eval by seed, saved as HF datasets."""
+"""Build the task sets: every source in our schema, split train/dev/eval by seed, saved as HF datasets.
+
+``train`` is what training stages learn from, ``eval`` the held-out evaluation, and ``dev`` (trainable sources
+only) a held-out part of the training pool for calibrating the base and tuning, so that no choice is ever
+made on the evaluation split. The three are disjoint."""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ def check_params(p: dict) -> None:
     unknown = [s for s in p["sources"] if s not in SOURCES]
     if not p["sources"] or unknown:
         raise TaskError(f"tasks.sources: unknown source(s) {unknown or p['sources']!r}; known: {list(SOURCES)}")
-    for key in ("seed", "n_train", "n_eval"):
+    for key in ("seed", "n_train", "n_dev", "n_eval"):
         if not isinstance(p[key], int) or isinstance(p[key], bool) or p[key] < 0:
             raise TaskError(f"tasks.{key}: must be a non-negative integer, got {p[key]!r}")
     if p["n_eval"] < 1:
@@ -34,7 +38,7 @@ def check_params(p: dict) -> None:
 
 
 def load_source(source: str, p: dict) -> list[dict]:
-    n = p["n_train"] + p["n_eval"]
+    n = p["n_train"] + p["n_dev"] + p["n_eval"]
     if source == "toy_math":
         return toy_math.generate(n, p["seed"], p["math_generator"], p["math_min_terms"], p["math_max_terms"],
                                  p["math_min_digits"], p["math_max_digits"])
@@ -49,18 +53,22 @@ def load_source(source: str, p: dict) -> list[dict]:
 
 
 def split(tasks: list[dict], source: str, p: dict) -> datasets.DatasetDict:
-    """Seeded, deterministic split; benchmarks are evaluation-only."""
+    """Seeded, deterministic, disjoint splits: train, dev (``n_dev``, carved from the training pool) and eval;
+    benchmarks are evaluation-only."""
     data = datasets.Dataset.from_list(tasks, features=FEATURES).shuffle(seed=p["seed"])
     if source in EVAL_ONLY:
         return datasets.DatasetDict({"eval": data.select(range(min(p["n_eval"], len(data))))})
-    if len(data) < p["n_eval"] + 1:
-        raise TaskError(f"tasks: source {source!r} has {len(data)} tasks, too few for n_eval={p['n_eval']} plus training")
-    n_train = min(p["n_train"], len(data) - p["n_eval"])
-    parts = datasets.DatasetDict({"train": data.select(range(n_train)),
-                                  "eval": data.select(range(n_train, n_train + p["n_eval"]))})
-    overlap = set(parts["train"]["prompt"]) & set(parts["eval"]["prompt"])
-    if overlap:
-        raise TaskError(f"tasks: {len(overlap)} prompts of {source!r} are in both train and eval")
+    if len(data) < p["n_eval"] + p["n_dev"] + 1:
+        raise TaskError(f"tasks: source {source!r} has {len(data)} tasks, too few for n_eval={p['n_eval']} and "
+                        f"n_dev={p['n_dev']} plus training")
+    n_train = min(p["n_train"], len(data) - p["n_eval"] - p["n_dev"])
+    bounds = {"train": (0, n_train), "eval": (n_train, n_train + p["n_eval"]),
+              "dev": (n_train + p["n_eval"], n_train + p["n_eval"] + p["n_dev"])}
+    parts = datasets.DatasetDict({name: data.select(range(*span)) for name, span in bounds.items()})
+    prompts = {name: set(part["prompt"]) for name, part in parts.items()}
+    for a, b in (("train", "eval"), ("train", "dev"), ("dev", "eval")):
+        if overlap := prompts[a] & prompts[b]:
+            raise TaskError(f"tasks: {len(overlap)} prompts of {source!r} are in both {a} and {b}")
     return parts
 
 
