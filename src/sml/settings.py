@@ -160,6 +160,7 @@ class Teacher(Section):
     kind: Literal["scripted", "hf", "openai"]
     feedback: _csv(*FEEDBACK)
     reveal_answer: bool
+    restate: bool
     model: Text
     base_url: Text
     api_key_env: Text
@@ -286,6 +287,8 @@ CROSS = [
      if c.teacher.kind == "openai" and not c.teacher.base_url else None),
     ("teacher.reveal_answer", lambda c: f"only the scripted teacher can reveal the answer, not {c.teacher.kind!r}"
      if c.teacher.reveal_answer and c.teacher.kind != "scripted" else None),
+    ("teacher.restate", lambda c: f"only the scripted teacher restates the problem, not {c.teacher.kind!r}"
+     if c.teacher.restate and c.teacher.kind != "scripted" else None),
     ("classifier.model", lambda c: f"required for classifier.kind {c.classifier.kind!r} (a model id or path)"
      if c.classifier.kind != "rules" and not c.classifier.model else None),
     ("classifier.base_url", lambda c: "required for classifier.kind 'openai'"

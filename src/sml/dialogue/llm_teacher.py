@@ -187,7 +187,9 @@ def make_teacher(p: dict) -> Teacher:
         raise ValueError(f"teacher.kind: unknown kind {kind!r}; choose from {KINDS}")
     if kind == "scripted":
         return ScriptedTeacher(feedback=p.get("feedback", "verdict,direction,step,tests"),
-                               reveal_answer=bool(p.get("reveal_answer", False)))
+                               reveal_answer=bool(p.get("reveal_answer", False)), restate=bool(p.get("restate", False)))
+    if p.get("restate"):
+        raise ValueError(f"teacher.restate: only the scripted teacher restates the problem, not {kind!r}")
     if p.get("reveal_answer"):
         raise ValueError(f"teacher.reveal_answer: only the scripted teacher can reveal the answer, not {kind!r}")
     if not p.get("model"):
