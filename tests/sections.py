@@ -22,6 +22,7 @@ generation = _builder(settings.Generation, dict(grpo="engine", vllm_mode="coloca
                                                 vllm_gpu_memory=0.3, eval="local", eval_base_url="",
                                                 eval_api_key_env="OPENAI_API_KEY"))
 teacher = _builder(settings.Teacher, dict(kind="scripted", feedback="verdict,direction,step,tests", reveal_answer=False,
+                                          restate=False,
                                           model="", base_url="", api_key_env="OPENAI_API_KEY", cache_dir=""))
 classifier = _builder(settings.Classifier, dict(kind="rules", model="", base_url="", api_key_env="OPENAI_API_KEY",
                                                 cache_dir=""))

@@ -32,6 +32,7 @@ def test_the_skipped_outputs_say_why(tmp_path):
     metrics = pretrain.write_skipped(tmp_path, "Qwen/Qwen2.5-7B-Instruct")
     assert json.loads((tmp_path / "metrics" / "base_student.json").read_text()) == metrics
     assert metrics["skipped"] is True and "'Qwen/Qwen2.5-7B-Instruct'" in metrics["reason"]
+    assert not [k for k in metrics if k.startswith(("sr1_", "well_formed_"))]  # nothing calibrated, nothing claimed
     assert "Not built" in (tmp_path / "models" / "base_student" / "SKIPPED.md").read_text()
 
 

@@ -1,16 +1,20 @@
 """The base student's pretraining corpus never shows feedback: no teacher sentence, no judgement of an answer,
 no correction. The base must be a fluent chat model that has never seen feedback, so that whatever it makes
-of feedback is what SML changes (paper premise)."""
+of feedback is what SML changes (paper premise). And it holds the mix a miniature instruct model needs: chats
+as long as an evaluation, a few clarifying exchanges unlike the sharded tasks, no task-set prompt."""
 
+import random
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from sml import settings
-from sml.dialogue.environment import TeacherView
+from sml.dialogue.environment import TeacherView, classify
 from sml.dialogue.teacher import ScriptedTeacher
 from sml.tasks import toy_code, toy_math
+from sml.train import corpus as chat_corpus
 from sml.train import pretrain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,10 +46,23 @@ def teacher_sentences() -> set[str]:
     return openings
 
 
+CFG = settings.load(REPO / "params.yaml")
+N = 300  # chats per domain
+
+
+def build(n=N, exclude=frozenset(), **mix):
+    return pretrain.corpus(n, seed=0, tasks=CFG.tasks, exclude=set(exclude),
+                           mix=CFG.base_student.model_copy(update=mix))
+
+
 @pytest.fixture(scope="module")
 def built():
-    cfg = settings.load(REPO / "params.yaml")
-    return pretrain.corpus(300, seed=0, tasks_params=cfg.tasks.model_dump(), exclude=set())
+    """The corpus as params.yaml mixes it (multi-turn chats, clarifying exchanges)."""
+    return build()
+
+
+def assistant_turns(chat):
+    return sum(m["role"] == "assistant" for m in chat)
 
 
 def test_the_teacher_sentences_are_found():
@@ -65,3 +82,79 @@ def test_the_corpus_never_shows_feedback(built):
                 assert not JUDGEMENT.search(message["content"]), f"a judgement of an answer: {message['content']!r}"
             if message["role"] == "assistant":
                 assert not JUDGEMENT.search(message["content"]), f"a correction by the assistant: {message['content']!r}"
+
+
+def test_every_answer_is_a_fresh_answer_to_a_new_request(built):
+    """No retry, no correction: within a chat no request recurs and no answer is given twice, and every user
+    turn after an answer is a new problem (in a clarifying chat, the supplied detail comes before any answer)."""
+    for chat, kind in zip(built["messages"], built["kind"]):
+        users = [m["content"] for m in chat if m["role"] == "user"]
+        answers = [m["content"] for m in chat if m["role"] == "assistant" and classify(m["content"], {
+            "domain": "code" if "```" in m["content"] else "math"}) == "attempt"]
+        assert len(set(users)) == len(users) and len(set(answers)) == len(answers), chat
+        assert [m["role"] for m in chat] == ["user", "assistant"] * (len(chat) // 2)
+        after_answer = [chat[i]["content"] for i in range(2, len(chat), 2) if chat[i - 1]["content"] in answers]
+        assert all(u.startswith(("Calculate", "Write a Python function")) for u in after_answer), chat
+
+
+def test_the_chats_reach_the_evaluation_length(built):
+    turns = Counter(assistant_turns(chat) for chat in built["messages"])
+    assert max(turns) == CFG.base_student.max_chat_turns == CFG.dialogue.eval_turns
+    assert set(turns) == set(range(1, CFG.base_student.max_chat_turns + 1)), turns  # every length in between
+    for domain in ("math", "code"):
+        longest = max(assistant_turns(c) for c, d in zip(built["messages"], built["domain"]) if d == domain)
+        assert longest == CFG.base_student.max_chat_turns, domain
+
+
+def test_the_mix_holds_the_configured_shares(built):
+    kinds = Counter(built["kind"])
+    assert sum(kinds.values()) == 2 * N and len(built) == 2 * N
+    share = {k: v / (2 * N) for k, v in kinds.items()}
+    assert share["clarifying"] == pytest.approx(CFG.base_student.clarify_share, abs=0.04)
+    assert share["single"] == pytest.approx(CFG.base_student.single_share, abs=0.06)  # + clarifying draws without a number
+    assert share["multi"] == pytest.approx(1 - CFG.base_student.single_share - CFG.base_student.clarify_share, abs=0.06)
+    only_single = build(n=40, single_share=1.0, clarify_share=0.0)
+    assert set(only_single["kind"]) == {"single"} and {assistant_turns(c) for c in only_single["messages"]} == {1}
+
+
+def test_clarifying_chats_ask_for_a_missing_number_and_do_not_look_like_sharded_tasks(built):
+    """Request with a letter -> a question -> the number -> the answer of the completed request. Nothing in them
+    has the sharded tasks' surface form (an intent without the expression, "Step k: ..." details)."""
+    sharded = [t["shards"] for t in toy_math.generate(30, 0) + toy_code.generate(30, 0)]
+    intents = {re.split(r"\d", s[0])[0] for s in sharded}
+    clarifying = [(c, d) for c, d, k in zip(built["messages"], built["domain"], built["kind"]) if k == "clarifying"]
+    assert clarifying
+    for chat, domain in clarifying:
+        request, question, detail, answer = (m["content"] for m in chat)
+        letter, number = re.search(r"(\w) (?:is|=|to be) (\d+)\.$", detail).groups()
+        assert re.search(rf"\b{letter}\b", request) and classify(question, {"domain": domain}) == "question"
+        assert classify(answer, {"domain": domain}) == "attempt"
+        completed = re.sub(rf"\b{letter}\b", number, request)
+        assert completed.startswith(("Calculate", "Write a Python function")) and completed != request
+        for message in chat:
+            assert not message["content"].startswith(("Step ", "Only use the items", "Return ", "Here is more"))
+            assert not any(message["content"].startswith(i) for i in intents), message["content"]
+
+
+def test_a_request_without_a_number_gets_no_clarifying_chat():
+    task = {"prompt": "Write a Python function f(s) that takes a string s, reverses it, and returns the result.",
+            "domain": "code", "solution": "def f(s):\n    s = s[::-1]\n    return s\n"}
+    assert chat_corpus.clarifying_chat(task, random.Random(0)) is None
+
+
+def test_no_task_set_prompt_is_ever_in_the_corpus():
+    """The prompts of the task sets (here: the first problems the corpus's own generators would draw) never
+    appear, neither as a request nor, with its number given, as a clarifying request."""
+    drawn = toy_math.generate(60, 0, CFG.tasks.math_generator, CFG.tasks.math_min_terms, CFG.tasks.math_max_terms,
+                              CFG.tasks.math_min_digits, CFG.tasks.math_max_digits)
+    excluded = {t["prompt"] for t in drawn[:30]}
+
+    def requests(corpus):
+        for chat in corpus["messages"]:
+            users = [m["content"] for m in chat if m["role"] == "user"]
+            yield from users
+            if len(chat) == 4 and (given := re.search(r"(\w) (?:is|=|to be) (-?\d+)\.$", users[1])):
+                yield re.sub(rf"\b{given.group(1)}\b", given.group(2), users[0])
+
+    assert excluded & set(requests(build(n=30))), "the check must bite: without exclusion these prompts appear"
+    assert not excluded & set(requests(build(n=30, exclude=excluded)))

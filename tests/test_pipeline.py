@@ -135,7 +135,8 @@ def test_notebook_chain_runs_end_to_end(chain):
     assert (tmp_path / "data" / "tasks" / "toy_math" / "dataset_dict.json").exists()
     assert (tmp_path / "reports" / "figures" / "01_tasks.png").stat().st_size > 10_000
     assert (tmp_path / "models" / "base_student" / "config.json").exists()
-    assert {"parameters", "final_loss", "sr1_math", "sr1_code"} <= set(json.loads(
+    assert {"parameters", "final_loss", "sr1_math", "sr1_code", "well_formed_after_feedback_math",
+            "well_formed_after_feedback_code"} <= set(json.loads(
         (tmp_path / "metrics" / "base_student.json").read_text()))
     results = pd.read_csv(tmp_path / "metrics" / "eval.csv")
     assert list(results.columns) == transcripts.EVAL_COLUMNS

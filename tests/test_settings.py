@@ -171,3 +171,8 @@ def test_bad_notebook_parameters_are_rejected_naming_them(changes, expected):
     with pytest.raises(ValueError) as error:
         settings.for_notebook(namespace)
     assert str(error.value).startswith(expected), error.value
+
+
+def test_only_the_scripted_teacher_restates_the_problem():
+    params = changed(changed(changed(PARAMS, "teacher.kind", "hf"), "teacher.model", "m"), "teacher.restate", True)
+    assert problems(params) == ["teacher.restate: only the scripted teacher restates the problem, not 'hf'"]

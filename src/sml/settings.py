@@ -57,6 +57,7 @@ Count = Annotated[int, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
 NonNegative = Annotated[float, Field(ge=0)]
 Share = Annotated[float, Field(gt=0, le=1)]
+Proportion = Annotated[float, Field(ge=0, le=1)]
 Text = str
 Name = Annotated[str, Field(min_length=1)]
 
@@ -100,6 +101,7 @@ class Tasks(Section):
     sources: _csv(*SOURCES)
     hub_dir: Text
     n_train: Count
+    n_dev: PosInt
     n_eval: PosInt
     math_generator: MathGenerator
     math_min_terms: Annotated[int, Field(ge=2, le=12)]
@@ -116,6 +118,9 @@ class BaseStudent(Section):
     """02_base_student: the embedded student's architecture and pretraining."""
     seed: Count
     n_pretrain: PosInt
+    single_share: Proportion
+    clarify_share: Proportion
+    max_chat_turns: PosInt
     code_max_steps: Annotated[int, Field(ge=1, le=6)]
     vocab_size: Annotated[int, Field(ge=300, le=65536)]
     hidden_size: PosInt
@@ -167,6 +172,7 @@ class Teacher(Section):
     kind: TeacherKind
     feedback: _csv(*FEEDBACK)
     reveal_answer: bool
+    restate: bool
     model: Text
     base_url: Text
     api_key_env: Text
@@ -288,6 +294,9 @@ CROSS = [
     _at_most("tasks.math_min_terms", "tasks.math_max_terms"),
     _at_most("tasks.math_min_digits", "tasks.math_max_digits"),
     _at_most("tasks.code_min_steps", "tasks.code_max_steps"),
+    ("base_student.clarify_share", lambda c: "base_student.single_share + base_student.clarify_share must be <= 1, "
+     f"got {c.base_student.single_share} + {c.base_student.clarify_share}"
+     if c.base_student.single_share + c.base_student.clarify_share > 1 else None),
     ("base_student.hidden_size", lambda c: f"must be a multiple of base_student.num_heads ({c.base_student.num_heads}), "
      f"got {c.base_student.hidden_size}" if c.base_student.hidden_size % c.base_student.num_heads else None),
     ("base_student.num_heads", lambda c: f"must be a multiple of base_student.num_kv_heads "
@@ -299,6 +308,8 @@ CROSS = [
      if c.teacher.kind == "openai" and not c.teacher.base_url else None),
     ("teacher.reveal_answer", lambda c: f"only the scripted teacher can reveal the answer, not {c.teacher.kind!r}"
      if c.teacher.reveal_answer and c.teacher.kind != "scripted" else None),
+    ("teacher.restate", lambda c: f"only the scripted teacher restates the problem, not {c.teacher.kind!r}"
+     if c.teacher.restate and c.teacher.kind != "scripted" else None),
     ("classifier.model", lambda c: f"required for classifier.kind {c.classifier.kind!r} (a model id or path)"
      if c.classifier.kind != "rules" and not c.classifier.model else None),
     ("classifier.base_url", lambda c: "required for classifier.kind 'openai'"

@@ -184,7 +184,8 @@ def make_teacher(teacher: settings.Teacher, out_root: str | Path = ".") -> Teach
     """The teacher that ``teacher`` (params.yaml's section) names; an LLM teacher caches its replies in
     ``teacher.cache_dir`` under ``out_root``."""
     if teacher.kind == "scripted":
-        return ScriptedTeacher(feedback=teacher.feedback, reveal_answer=teacher.reveal_answer)
+        return ScriptedTeacher(feedback=teacher.feedback, reveal_answer=teacher.reveal_answer,
+                               restate=teacher.restate)
     cache_dir = Path(out_root) / teacher.cache_dir if teacher.cache_dir else None
     if teacher.kind == "hf":
         return HFTeacher(teacher.model, cache_dir=cache_dir)

@@ -92,15 +92,22 @@ class ScriptedTeacher(Teacher):
     A located wrong equation and a failing test with expected vs actual are the concrete errors a reply
     names (``TeacherView.named``), unless the leak filter drops the sentence that names them.
 
+    With ``restate`` (a world choice, off by default), every reply on the full problem ends by stating the
+    problem again, as a tutor might: the numbers sit in the latest message, so a tiny student needs no
+    retrieval across messages to try again (the paper's instruct models have that retrieval for free).
+    Never on sharded tasks, where it would reveal shards not yet asked for.
+
     Questions are answered from the private knowledge: the requested shard on sharded tasks, else the
     step asked for ("what is step 2?") or the next intermediate step (math), and the test of the call
     asked about ("what should f(3) return?") or the next hidden test (code). No answer ever gives the
     final step's value away.
     """
 
-    def __init__(self, feedback: str | list[str] = settings.FEEDBACK, reveal_answer: bool = False):
+    def __init__(self, feedback: str | list[str] = settings.FEEDBACK, reveal_answer: bool = False,
+                 restate: bool = False):
         self.feedback = parse_feedback_kinds(feedback)
         self.reveal_answer = reveal_answer
+        self.restate = restate
 
     def reply(self, view: TeacherView) -> str:
         task = view.task
@@ -113,6 +120,8 @@ class ScriptedTeacher(Teacher):
                      if task["domain"] == "math" else "Please write the function in a Python code block."]
         if view.reveal:
             parts.append(f"Here is more information. {view.reveal}")
+        if self.restate and view.variant == "full":
+            parts.append(task["prompt"])  # the task's own statement: never a leak (see environment.leaks)
         safe = [p for p in parts if self.reveal_answer or not leaks(p, task)]
         if view.named is not None and view.named["said"] not in safe:
             view.named = None

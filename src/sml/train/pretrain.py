@@ -1,10 +1,11 @@
-"""Pretraining the embedded base student from scratch on single-turn problem -> answer chats.
+"""Pretraining the embedded base student from scratch: a miniature instruct model that has never seen feedback.
 
-The corpus is fresh problems from the same generators as the task sets (another seed), with every
-prompt of the task sets' train and eval splits removed, so the student has seen neither the tasks it
-will be trained on in dialogue nor the held-out ones. Answers are what a student should write in one
-turn: the worked steps and "The answer is N." (math), a fenced Python function (code). It never sees
-a second turn, so it has never seen feedback.
+The corpus (``sml.train.corpus``) is fresh problems from the same generators as the task sets (another seed),
+with every prompt of the task sets' train, dev and eval splits removed, so the student has seen none of the
+tasks it will be trained, tuned or evaluated on. It mixes single-turn chats, chats of several independent
+problems (as long as an evaluation dialogue) and a few clarifying exchanges; answers are what a student should
+write: the worked steps and "The answer is N." (math), a fenced Python function (code). No answer in it is
+ever judged, corrected or retried.
 
 The ``base_student`` stage builds it only when it is the pipeline's student (``student.model`` is
 ``EMBEDDED``); under any other student (a real profile) it writes placeholders instead (``write_skipped``).
@@ -19,9 +20,9 @@ import datasets
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
-from sml import resume
-from sml.train.sft import chat, sft_config, uses_bf16
-from sml.tasks import toy_code, toy_math
+from sml import resume, settings
+from sml.train.sft import sft_config, uses_bf16
+from sml.train import corpus as chat_corpus
 
 
 EMBEDDED = "models/base_student"  # student.model of the embedded default, as the base_student stage writes it
@@ -50,29 +51,11 @@ def write_skipped(out_root, student_model: str) -> dict:
     return metrics
 
 
-def corpus(n_per_domain: int, seed: int, tasks_params: dict, exclude: set[str],
+def corpus(n_per_domain: int, seed: int, tasks: settings.Tasks, exclude: set[str], mix,
            code_max_steps: int | None = None) -> datasets.Dataset:
-    """``n_per_domain`` single-turn chats per domain (math, code), none with a prompt in ``exclude``.
-
-    ``tasks_params`` is the ``tasks`` section of params.yaml (difficulty of both generators).
-    ``code_max_steps`` lets the corpus include longer code pipelines than the task sets: the 1-2 step
-    space holds only ~3,500 distinct programs and the task sets use most of them, so longer pipelines
-    teach the same word -> line mapping without repeating any task."""
-    p = dict(tasks_params)
-    p["code_max_steps"] = max(code_max_steps or 0, p["code_max_steps"])
-    families = [f.strip() for f in p["code_families"].split(",")] if isinstance(p["code_families"], str) else p["code_families"]
-    draw = 2 * n_per_domain + len(exclude)
-    math = toy_math.generate(draw, seed, p["math_generator"], p["math_min_terms"], p["math_max_terms"],
-                             p["math_min_digits"], p["math_max_digits"])
-    code = toy_code.generate(draw, seed, tuple(families), p["code_min_steps"], p["code_max_steps"], p["code_n_tests"])
-    rows = []
-    for domain, tasks in (("math", math), ("code", code)):
-        fresh = [t for t in tasks if t["prompt"] not in exclude][:n_per_domain]
-        if len(fresh) < n_per_domain:
-            raise ValueError(f"base_student.n_pretrain: only {len(fresh)} fresh {domain} problems at this difficulty "
-                             f"(after removing the task sets' prompts), {n_per_domain} asked for")
-        rows += [{"messages": chat(t), "domain": domain} for t in fresh]
-    return datasets.Dataset.from_list(rows).shuffle(seed=seed)
+    """The pretraining chats (``sml.train.corpus.build``): ``n_per_domain`` per domain of the kinds ``mix``
+    (``settings.BaseStudent``) shares out, none with a prompt in ``exclude``."""
+    return chat_corpus.build(n_per_domain, seed, tasks, exclude, mix, code_max_steps)
 
 
 class EvalCallback(TrainerCallback):
@@ -101,14 +84,17 @@ class EvalCallback(TrainerCallback):
 
 def pretrain(model, tokenizer, train: datasets.Dataset, out_dir: str, *, epochs: float = 1.0, batch_size: int = 64,
              lr: float = 2e-3, seed: int = 0, callbacks=(), logging_steps: int = 10,
-             checkpoint_steps: int = 0) -> list[dict]:
+             checkpoint_steps: int = 0, max_length: int = 512) -> list[dict]:
     """Train ``model`` on the chats in ``train`` (loss on the student's tokens only) with TRL's SFTTrainer;
-    return the trainer's log history. With ``checkpoint_steps``, checkpoints go to ``out_dir`` and a rerun
-    resumes from the newest."""
+    return the trainer's log history. Chats longer than ``max_length`` tokens are cut. With ``checkpoint_steps``,
+    checkpoints go to ``out_dir`` and a rerun resumes from the newest."""
     config = sft_config(out_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                        logging_steps=logging_steps, max_length=512, checkpoint_steps=checkpoint_steps,
+                        logging_steps=logging_steps, max_length=max_length, checkpoint_steps=checkpoint_steps,
                         bf16=uses_bf16(model))
-    trainer = SFTTrainer(model=model, args=config, train_dataset=train.remove_columns(["domain"]),
+    # Chats run from one answer to an evaluation's length: batches of similar lengths waste less on padding
+    # (measured: 2.2x more tokens per second on this corpus than random batches).
+    config.train_sampling_strategy = "group_by_length"
+    trainer = SFTTrainer(model=model, args=config, train_dataset=train.select_columns(["messages"]),
                          processing_class=tokenizer, callbacks=resume.with_replay(callbacks))
     resume.train(trainer, out_dir if checkpoint_steps else None)
     return trainer.state.log_history

@@ -1,0 +1,121 @@
+"""The base student's pretraining corpus: the chats of a miniature instruct model that has never seen feedback.
+
+Per domain (math, code), ``n_pretrain`` chats drawn from a pool of as many fresh problems (the task sets'
+generators under another seed, with every task-set prompt removed), in three kinds:
+
+- **single**: one problem, one worked answer;
+- **multi**: 2 to ``max_chat_turns`` independent problems in one conversation, each answered fresh. Fluency
+  at turn k comes from having seen turn k, so the longest chats are as long as an evaluation dialogue;
+- **clarifying**: a request with one number left out as a letter ("Calculate 9 + n + 5."), the assistant
+  asks for it, the user gives it, the assistant answers the completed request. The sharded evaluation
+  tasks look different: their first message states an intent with no expression at all, and their details
+  come as "Step k: ...", so this teaches asking for a missing detail without rehearsing the sharded tasks.
+
+No chat judges, corrects or repeats an answer: every user turn after an answer is a new problem
+(``tests/test_corpus.py`` proves it on the built corpus, against the teacher's own sentences).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+import datasets
+
+from sml import settings
+from sml.tasks.build import toy_tasks
+
+from .sft import answer_of
+
+# the letter standing for the left-out number: never a standalone word of a task prompt (x, s, xs, f are)
+PLACEHOLDERS = ("n", "k", "m")
+ASK = ("What is {v}?", "What value should I use for {v}?", "Which number is {v}?")
+SUPPLY = ("{v} is {x}.", "Use {v} = {x}.", "Take {v} to be {x}.")
+_NUMBER = re.compile(r"(?<![\w.])\d+(?!\w)")  # a whole unsigned number: "-59" keeps its sign as text
+
+
+def fresh_problems(n_per_domain: int, seed: int, tasks: settings.Tasks, exclude: set[str],
+                   code_max_steps: int | None = None) -> dict[str, list[dict]]:
+    """``n_per_domain`` problems per domain from the task generators at the difficulty ``tasks`` sets, none
+    with a prompt in ``exclude``.
+
+    ``code_max_steps`` lets the corpus include longer code pipelines than the task sets: the 1-2 step
+    space holds only ~3,500 distinct programs and the task sets use most of them, so longer pipelines
+    teach the same word -> line mapping without repeating any task."""
+    draw = 2 * n_per_domain + len(exclude)
+    drawn = {"math": toy_tasks("toy_math", draw, seed, tasks),
+             "code": toy_tasks("toy_code", draw, seed, tasks, code_max_steps)}
+    pools = {}
+    for domain, tasks in drawn.items():
+        pools[domain] = [t for t in tasks if t["prompt"] not in exclude][:n_per_domain]
+        if len(pools[domain]) < n_per_domain:
+            raise ValueError(f"base_student.n_pretrain: only {len(pools[domain])} fresh {domain} problems at this "
+                             f"difficulty (after removing the task sets' prompts), {n_per_domain} asked for")
+    return pools
+
+
+def answered(task: dict) -> list[dict]:
+    """A problem asked and answered fresh: the user's request, the worked answer."""
+    return [{"role": "user", "content": task["prompt"]}, {"role": "assistant", "content": answer_of(task)}]
+
+
+def multi_chat(tasks: list[dict]) -> list[dict]:
+    """Independent problems one after another; nothing is said about an earlier answer."""
+    return [message for task in tasks for message in answered(task)]
+
+
+def clarifying_chat(task: dict, rng: random.Random) -> list[dict] | None:
+    """The request with one of its numbers left out as a letter, a question for it, the number, the answer;
+    None when the prompt has no number to leave out."""
+    numbers = list(_NUMBER.finditer(task["prompt"]))
+    if not numbers:
+        return None
+    left_out, letter = rng.choice(numbers), rng.choice(PLACEHOLDERS)
+    request = task["prompt"][:left_out.start()] + letter + task["prompt"][left_out.end():]
+    return [{"role": "user", "content": request},
+            {"role": "assistant", "content": rng.choice(ASK).format(v=letter)},
+            {"role": "user", "content": rng.choice(SUPPLY).format(v=letter, x=left_out.group())},
+            {"role": "assistant", "content": answer_of(task)}]
+
+
+def chat_kind(rng: random.Random, mix) -> str:
+    draw = rng.random()
+    return "single" if draw < mix.single_share else "clarifying" if draw < mix.single_share + mix.clarify_share else "multi"
+
+
+def chats(pool: list[dict], n: int, mix, rng: random.Random) -> list[tuple[str, list[dict]]]:
+    """``n`` chats of the kinds ``mix`` shares out (``settings.BaseStudent``), problems drawn from ``pool`` (a
+    problem may recur across chats, never within one); a clarifying draw on a problem without a number falls
+    back to a single chat."""
+    out = []
+    for _ in range(n):
+        kind = chat_kind(rng, mix)
+        if kind == "multi":
+            k = rng.randint(2, min(mix.max_chat_turns, len(pool)))
+            out.append((kind, multi_chat(rng.sample(pool, k))))
+            continue
+        task = rng.choice(pool)
+        clarifying = clarifying_chat(task, rng) if kind == "clarifying" else None
+        out.append(("clarifying", clarifying) if clarifying else ("single", answered(task)))
+    return out
+
+
+def build(n_per_domain: int, seed: int, tasks: settings.Tasks, exclude: set[str], mix,
+          code_max_steps: int | None = None) -> datasets.Dataset:
+    """The corpus: ``n_per_domain`` chats per domain (``mix``: ``settings.BaseStudent``'s shares and longest
+    chat), shuffled, with columns ``messages``, ``domain`` and ``kind`` (single, multi, clarifying)."""
+    rng = random.Random(seed)
+    rows = [{"messages": messages, "domain": domain, "kind": kind}
+            for domain, pool in fresh_problems(n_per_domain, seed, tasks, exclude, code_max_steps).items()
+            for kind, messages in chats(pool, n_per_domain, mix, rng)]
+    return datasets.Dataset.from_list(rows).shuffle(seed=seed)
+
+
+def preview(corpus: datasets.Dataset, max_turns: int = 3) -> list[dict]:
+    """The first chat of each kind, one row per exchange (up to ``max_turns``): what a notebook shows."""
+    firsts = {}
+    for row in corpus:
+        firsts.setdefault(row["kind"], row)
+    return [{"domain": r["domain"], "kind": kind, "turn": i // 2 + 1, "user": r["messages"][i]["content"],
+             "assistant": r["messages"][i + 1]["content"]}
+            for kind, r in firsts.items() for i in range(0, min(len(r["messages"]), 2 * max_turns), 2)]

@@ -1,0 +1,57 @@
+"""The base calibration (issue 21): per domain on held-out tasks, SR@1, the share of turns after feedback that
+are well formed, and whether feedback leaves the base below a fresh retry, measured on a scripted student whose
+every number is known by hand."""
+
+from collections import Counter
+
+import pytest
+import sections
+
+from sml.dialogue.teacher import ScriptedTeacher
+from sml.evaluation import calibration
+from sml.tasks import toy_math
+from tiny_models import ReplayStudent, tiny_model, tiny_tokenizer
+
+
+def scripted_student(tasks):
+    """Task 0: solved at once. The others: at turn 1 right only on every third sight of the prompt (so the
+    second of three fresh retries solves it, and the dialogue's turn 1, the fourth sight, does not); after
+    feedback, task 1 says something that is no answer, tasks 2 and 3 a well-formed wrong answer."""
+    seen = Counter()
+
+    def script(prompt):
+        task = next(t for t in tasks if t["prompt"] in prompt)
+        if prompt.count("<|im_start|>user") > 1:
+            return "I do not know." if task is tasks[1] else "1 + 1 = 2\nThe answer is 999999."
+        seen[task["id"]] += 1
+        right = task is tasks[0] or seen[task["id"]] % 3 == 2
+        return task["solution"] if right else "1 + 1 = 2\nThe answer is 999999."
+
+    tok = tiny_tokenizer()
+    return ReplayStudent(tok, tiny_model(tok), script)
+
+
+def test_calibration_counts_what_the_base_does_after_feedback():
+    tasks = toy_math.generate(4, 0, min_digits=1, max_digits=1)
+    scores, data = calibration.calibrate(scripted_student(tasks), ScriptedTeacher(), tasks,
+                                         sections.dialogue(eval_turns=3, max_new_tokens=32), domain="math", seed=0,
+                                         progress=False)
+    assert list(data["solved_turn"]) == [1, 0, 0, 0]
+    assert scores["sr1_math"] == 0.25 and scores["sr1_math_n"] == 4 and scores["sr3_math"] == 0.25
+    assert scores["sr1_math_low"] < 0.25 < scores["sr1_math_high"]
+    assert scores["well_formed_after_feedback_math"] == pytest.approx(4 / 6)  # 3 dialogues x turns 2-3
+    assert scores["well_formed_after_feedback_math_n"] == 6 and scores["well_formed_first_turn_math"] == 1.0
+    assert scores["solve_rate_after_feedback_math"] == 0.0 and scores["solve_rate_after_feedback_math_n"] == 6
+    assert scores["solve_rate_after_retry_math"] == 1.0 and scores["solve_rate_after_retry_math_n"] == 3
+    assert scores["sr1_ok_math"] is True and scores["well_formed_ok_math"] is False
+    assert scores["feedback_below_retry_math"] is True
+
+
+@pytest.mark.parametrize("sr1, formed, ok", [(0.2, 0.9, (True, True)), (0.6, 1.0, (True, True)),
+                                             (0.19, 0.95, (False, True)), (0.61, 0.89, (False, False))])
+def test_the_criteria_are_the_fixed_ones(sr1, formed, ok):
+    scores = {"sr1_code": sr1, "well_formed_after_feedback_code": formed, "solve_rate_after_feedback_code": 0.1,
+              "solve_rate_after_retry_code": 0.1}
+    verdict = calibration.criteria(scores, "code")
+    assert (verdict["sr1_ok_code"], verdict["well_formed_ok_code"]) == ok
+    assert verdict["feedback_below_retry_code"] is False  # equal is not below
