@@ -15,7 +15,6 @@ from sml.dialogue.environment import TeacherView, classify
 from sml.dialogue.teacher import ScriptedTeacher
 from sml.tasks import toy_code, toy_math
 from sml.train import corpus as chat_corpus
-from sml.train import pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 # words that judge or correct an earlier answer, whoever says them
@@ -51,7 +50,7 @@ N = 300  # chats per domain
 
 
 def build(n=N, exclude=frozenset(), **mix):
-    return pretrain.corpus(n, seed=0, tasks=CFG.tasks, exclude=set(exclude),
+    return chat_corpus.build(n, seed=0, tasks=CFG.tasks, exclude=set(exclude),
                            mix=CFG.base_student.model_copy(update=mix))
 
 

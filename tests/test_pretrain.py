@@ -8,6 +8,7 @@ from transformers import TrainerCallback
 
 from sml import settings
 from sml.train import base_model, pretrain
+from sml.train import corpus as chat_corpus
 from tiny_models import tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def train(out, corpus, tok, callbacks=()):
 
 def test_a_resumed_pretraining_ends_with_the_uninterrupted_weights(tmp_path):
     cfg = settings.load(REPO / "profiles" / "smoke.yaml")
-    corpus = pretrain.corpus(24, seed=0, tasks=cfg.tasks, exclude=set(), mix=cfg.base_student)
+    corpus = chat_corpus.build(24, seed=0, tasks=cfg.tasks, exclude=set(), mix=cfg.base_student)
     tok = tiny_tokenizer()
     straight = train(tmp_path / "straight", corpus, tok)  # 48 chats / 8 = 6 steps, checkpoints at 2, 4, 6
     train(tmp_path / "interrupted", corpus, tok, callbacks=[StopAt(3)])

@@ -27,7 +27,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from .optional import missing
 from .paths import repo_root
 
-# ---- the choices, declared once: the modules that branch on them import the tuples ----
+# ---- the choices, declared once (modules that need a list of them import the tuples) ----
 
 Source = Literal["toy_math", "toy_code", "omni_math", "opencodeinstruct", "humaneval", "livecodebench",
                  "lost_in_conversation"]
@@ -48,9 +48,6 @@ QuestionSource = Literal["template", "model"]
 FEEDBACK = ("verdict", "direction", "step", "tests")
 FAMILIES = ("int", "list", "str")
 SOURCES, DOMAINS, VARIANTS = get_args(Source), get_args(Domain), get_args(Variant)
-MATH_GENERATORS, SHARD_REVEAL = get_args(MathGenerator), get_args(ShardReveal)
-TEACHER_KINDS, CLASSIFIER_KINDS, EVAL_BACKENDS = get_args(TeacherKind), get_args(ClassifierKind), get_args(EvalBackend)
-QUESTION_SOURCES = get_args(QuestionSource)
 
 PosInt = Annotated[int, Field(ge=1)]
 Count = Annotated[int, Field(ge=0)]

@@ -20,9 +20,8 @@ import datasets
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
-from sml import resume, settings
+from sml import resume
 from sml.train.sft import sft_config, uses_bf16
-from sml.train import corpus as chat_corpus
 
 
 EMBEDDED = "models/base_student"  # student.model of the embedded default, as the base_student stage writes it
@@ -49,13 +48,6 @@ def write_skipped(out_root, student_model: str) -> dict:
     (out_root / "metrics").mkdir(parents=True, exist_ok=True)
     (out_root / "metrics" / "base_student.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
-
-
-def corpus(n_per_domain: int, seed: int, tasks: settings.Tasks, exclude: set[str], mix,
-           code_max_steps: int | None = None) -> datasets.Dataset:
-    """The pretraining chats (``sml.train.corpus.build``): ``n_per_domain`` per domain of the kinds ``mix``
-    (``settings.BaseStudent``) shares out, none with a prompt in ``exclude``."""
-    return chat_corpus.build(n_per_domain, seed, tasks, exclude, mix, code_max_steps)
 
 
 class EvalCallback(TrainerCallback):
