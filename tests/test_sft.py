@@ -128,7 +128,8 @@ def test_merged_inference_copy_samples_like_the_adapter(tok):
     ids = torch.tensor([tok.encode("What is 3 + 4?")])
     merged = sft.inference_copy(model)
     model.eval()
-    assert torch.allclose(model(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-4)
+    # merging reorders float sums: logits of size ~10 differ by ~1e-4 relative, depending on the thread count
+    assert torch.allclose(model(input_ids=ids).logits, merged(input_ids=ids).logits, rtol=1e-4, atol=1e-3)
     assert any("lora_B" in n for n, _ in model.named_parameters())  # the trainable adapter is untouched
 
 
