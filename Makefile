@@ -37,7 +37,8 @@ repro: setup
 	PYTHONPATH=src $(BIN)/python -m sml.settings params.yaml
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-# Engine throughput vs raw batched generate and vs one dialogue at a time -> metrics/bench.json.
+# Engine throughput vs raw batched generate and vs one dialogue at a time, and GRPO s/step vs TRL's single-turn
+# GRPOTrainer -> metrics/bench.json.
 # Needs the base student (the `base_student` stage runs first if it is not up to date).
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro base_student

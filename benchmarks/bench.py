@@ -8,9 +8,10 @@ against a naive loop that runs one dialogue at a time, all measured in one proce
   turn length (``min_new_tokens = max_new_tokens``), once per engine round: the same number of student
   tokens with none of the engine's work (no teacher, no bookkeeping, no ragged turn lengths);
 - naive: the same dialogues, one at a time (batch size 1), through the same engine.
-Each is measured ``repeats`` times and the median taken (the machines are shared and noisy).
-``engine_breakdown`` splits one more engine run into prefill (openings and teacher replies), decode
-steps and everything else (teacher, verifier, bookkeeping).
+Each is measured ``repeats`` times and the median taken (the machines are shared and noisy); the engine
+runs with its forward passes timed (two clock reads per pass). ``engine_breakdown`` splits the last engine
+run into prefill (openings and teacher replies), decode steps and everything else (teacher, verifier,
+bookkeeping).
 
 ``ratio_vs_raw_bound``: the ratio to raw of an engine that does only the forward passes no engine which
 reads the teacher can skip, from this run's measurements. It decodes the student's tokens as fast as raw
@@ -19,6 +20,13 @@ reads the teacher can skip, from this run's measurements. It decodes the student
 verifier, bookkeeping, ragged turn ends or longer contexts). The replies' prefill is taken three ways:
 as this engine measured it, without its padding (scaled by real / padded tokens), and at raw's prefill
 cost per opening token (replies attend to longer contexts, so this one is the most generous).
+
+``engine_vs_bound``: the engine's tokens/s over that zero-overhead engine's, replies as prefilled, i.e. the
+seconds the bound needs for the engine's tokens over the seconds the engine took; per repetition from that
+repetition's engine run, raw run and raw prefill, median over repetitions (``engine_vs_bound_runs``: each).
+
+``grpo_vs_trl_single_turn`` (``grpo_vs_trl``): seconds per step of our multi-turn GRPO over TRL's own
+single-turn ``GRPOTrainer`` generating as many student tokens per conversation.
 """
 
 from __future__ import annotations
@@ -99,19 +107,27 @@ def reply_tokens(dialogues) -> int:
                for d in dialogues for r in range(1, d.turns))
 
 
+def bound_seconds(tokens: int, raw_tokens: int, raw_s: float, raw_prefill_s: float, rounds: int,
+                  reply_prefill_s: float) -> float | None:
+    """Seconds the zero-overhead engine (see the module docstring) needs for ``tokens`` student tokens: decoding
+    at raw ``generate``'s speed (raw's time less its ``rounds`` prefills of the openings), the openings prefilled
+    once, the replies prefilled in ``reply_prefill_s``; None when raw is all prefill (turns of a token or two)."""
+    decode_s = raw_s - rounds * raw_prefill_s
+    return tokens * decode_s / raw_tokens + raw_prefill_s + reply_prefill_s if decode_s > 0 else None
+
+
 def ratio_bound(tokens: int, raw: list[tuple[int, float]], raw_prefill_s: float, opening_tokens: int, rounds: int,
                 breakdown: dict, replies: int, raw_rate: float) -> dict:
     """Ratios to raw ``generate`` of engines that do nothing but the unavoidable forward passes (see the module
     docstring), prefilling the teacher's replies (a) as this engine did, (b) the same without padding
     (scaled by real / padded tokens), (c) at raw ``generate``'s prefill cost per opening token."""
     raw_tokens, raw_s = raw[0][0], statistics.median(s for _, s in raw)
-    decode_s = raw_s - rounds * raw_prefill_s  # raw prefills the openings once per round
     extra = {"raw_prefill_s": round(raw_prefill_s, 4), "reply_tokens": replies}
-    if decode_s <= 0:  # turns of a token or two: raw is all prefill, within noise
+    if bound_seconds(tokens, raw_tokens, raw_s, raw_prefill_s, rounds, 0) is None:
         return {"ratio_vs_raw_bound": None, **extra}
-    floor_s = tokens * decode_s / raw_tokens + raw_prefill_s
     measured = breakdown["reply_prefill_s"]
-    ratio = lambda seconds: round(tokens / (floor_s + seconds) / raw_rate, 3)
+    ratio = lambda seconds: round(
+        tokens / bound_seconds(tokens, raw_tokens, raw_s, raw_prefill_s, rounds, seconds) / raw_rate, 3)
     return {"ratio_vs_raw_bound": {
         "replies_as_prefilled": ratio(measured),
         "replies_unpadded": ratio(measured * replies / max(breakdown["reply_prefill_padded_tokens"], 1)),
@@ -137,46 +153,47 @@ def bench(student: Student, tasks, n_dialogues: int = 64, turns: int = 4, max_ne
     batched, one = (engine_settings(max_new_tokens, temperature, batch) for batch in (n_dialogues, 1))
     run_dialogues(tasks[:8], student, teacher, batched, **common)  # warm-up
 
-    engine = []
+    # each repetition: the engine (its forward passes timed), then raw generate forced to its token count (a) on
+    # the opening prompts, (b) on the very contexts the engine fed to each of its rounds (same prompts, same batch
+    # sizes, same tokens per round), then raw's own prefill (a one-token generate on the openings)
+    engine, raw, raw_same, raw_prefill, vs_bound = [], [], [], [], []
     for _ in range(repeats):
-        dialogues, seconds = _timed(lambda: run_dialogues(tasks, student, teacher, batched, **common))
-        rounds = max(d.turns for d in dialogues)
-        engine.append((student_tokens(dialogues), seconds, rounds))
-    tokens, _, rounds = engine[-1]  # the run whose dialogues are kept below
-    per_turn = max(1, round(tokens / (n_dialogues * rounds)))
+        dialogues = []
+        breakdown = forward_breakdown(student, lambda: dialogues.extend(run_dialogues(tasks, student, teacher, batched,
+                                                                                      **common)))
+        tokens, rounds = student_tokens(dialogues), max(d.turns for d in dialogues)
+        engine.append((tokens, breakdown["total_s"]))
+        per_turn = max(1, round(tokens / (n_dialogues * rounds)))
+        openings = [d.ids[:d.turn_starts[0]] for d in dialogues]
+        same_rounds = [[d.ids[:d.turn_starts[r]] for d in dialogues if d.turns > r] for r in range(rounds)]
+        round_tokens = [sum(len(d.student_ids[r]) for d in dialogues if d.turns > r) for r in range(rounds)]
+        raw.append((n_dialogues * per_turn * rounds, _timed(lambda: [_forced(student, openings, per_turn, temperature)
+                                                                     for _ in range(rounds)])[1]))
+        raw_same.append((sum(round_tokens), _timed(lambda: [
+            _forced(student, batch, max(1, round(n / len(batch))), temperature)
+            for batch, n in zip(same_rounds, round_tokens)])[1]))
+        raw_prefill.append(_timed(lambda: _forced(student, openings, 1, temperature))[1])
+        bound_s = bound_seconds(tokens, *raw[-1], raw_prefill[-1], rounds, breakdown["reply_prefill_s"])
+        vs_bound.append(round(bound_s / breakdown["total_s"], 3) if bound_s is not None else None)
 
-    # raw generate, forced to the engine's token count: (a) on the opening prompts, (b) on the very
-    # contexts the engine fed to each of its rounds (same prompts, same batch sizes, same tokens per round)
-    openings = [d.ids[:d.turn_starts[0]] for d in dialogues]
-    same_rounds = [[d.ids[:d.turn_starts[r]] for d in dialogues if d.turns > r] for r in range(rounds)]
-    round_tokens = [sum(len(d.student_ids[r]) for d in dialogues if d.turns > r) for r in range(rounds)]
-    raw = [(n_dialogues * per_turn * rounds, _timed(lambda: [_forced(student, openings, per_turn, temperature)
-                                                             for _ in range(rounds)])[1]) for _ in range(repeats)]
-    raw_same = [(sum(round_tokens), _timed(lambda: [
-        _forced(student, batch, max(1, round(n / len(batch))), temperature)
-        for batch, n in zip(same_rounds, round_tokens)])[1]) for _ in range(repeats)]
-
-    # raw's own prefill: a generate call of one token on the same openings
-    raw_prefill = statistics.median(_timed(lambda: _forced(student, openings, 1, temperature))[1]
-                                    for _ in range(repeats))
-    traced = []  # the breakdown run's dialogues (same seed as the runs above)
-    breakdown = forward_breakdown(student, lambda: traced.extend(run_dialogues(tasks, student, teacher, batched,
-                                                                               **common)))
     naive = []
     for _ in range(repeats):
-        dialogues, seconds = _timed(lambda: [d for t in tasks[:naive_dialogues] for d in run_dialogues(
+        alone, seconds = _timed(lambda: [d for t in tasks[:naive_dialogues] for d in run_dialogues(
             [t], student, teacher, one, **common)])
-        naive.append((student_tokens(dialogues), seconds))
+        naive.append((student_tokens(alone), seconds))
 
     rate = lambda runs: statistics.median(t / s for t, s, *_ in runs)
     engine_rate, raw_rate, naive_rate, same_rate = rate(engine), rate(raw), rate(naive), rate(raw_same)
-    bound = ratio_bound(tokens, raw, raw_prefill, sum(map(len, openings)), rounds, breakdown, reply_tokens(traced),
-                        raw_rate)
+    bound = ratio_bound(tokens, raw, statistics.median(raw_prefill), sum(map(len, openings)), rounds, breakdown,
+                        reply_tokens(dialogues), raw_rate)
+    measured = [v for v in vs_bound if v is not None]
     return {"engine_tokens_per_s": round(engine_rate, 1), "raw_generate_tokens_per_s": round(raw_rate, 1),
             "raw_generate_same_contexts_tokens_per_s": round(same_rate, 1),
             "ratio_vs_raw_same_contexts": round(engine_rate / same_rate, 3),
             "naive_tokens_per_s": round(naive_rate, 1), "ratio_vs_raw": round(engine_rate / raw_rate, 3),
-            "ratio_vs_naive": round(engine_rate / naive_rate, 3), **bound, "engine_breakdown": breakdown,
+            "ratio_vs_naive": round(engine_rate / naive_rate, 3), **bound,
+            "engine_vs_bound": statistics.median(measured) if measured else None, "engine_vs_bound_runs": vs_bound,
+            "engine_breakdown": breakdown,
             "setup": {"dialogues": n_dialogues, "turns": turns, "domain": "math", "teacher": "scripted",
                       "engine_student_tokens": tokens, "engine_rounds": rounds,
                       "naive_dialogues": len(tasks[:naive_dialogues]), "raw_tokens_per_turn": per_turn,
@@ -184,6 +201,66 @@ def bench(student: Student, tasks, n_dialogues: int = 64, turns: int = 4, max_ne
                       "device": str(student.device), "torch_threads": torch.get_num_threads(),
                       "parameters": sum(p.numel() for p in student.model.parameters()),
                       "machine": platform.machine(), "python": platform.python_version()}}
+
+
+def _step_seconds(history: list[dict]) -> float:
+    """Median seconds per optimiser step from TRL's ``step_time`` (rollout, forward, backward, optimiser), the
+    first step left out (warm-up) when there are more."""
+    times = [h["step_time"] for h in history if "step_time" in h]
+    return statistics.median(times[1:] or times)
+
+
+def grpo_vs_trl(student: Student, tasks, *, steps: int = 4, tasks_per_step: int = 4, group_size: int = 8,
+                turns: int = 4, max_new_tokens: int = 64) -> dict:
+    """Seconds per step of our multi-turn GRPO (``grpo.train``: engine rollouts with the scripted teacher) over
+    TRL's own single-turn ``GRPOTrainer`` generating as many tokens per conversation as our student did (each
+    completion forced to that length with ``min_new_tokens``), each on a copy of the student with a fresh LoRA
+    adapter (r=16), one after the other in this process; median over steps. TRL's reward is a constant (only cost
+    is measured). Our step also trains on the teacher's tokens in the conversation (masked from the loss)."""
+    import copy
+    import tempfile
+    from unittest import mock
+
+    import datasets
+    from trl import GRPOTrainer
+
+    from sml.train import grpo, sft
+
+    tasks = list(tasks)
+    finetune = settings.Finetune(lora_r=16, lora_alpha=32, lora_dropout=0.0, epochs=1.0, batch_size=1, lr=1e-5)
+    online = settings.OnlineSML(init="base", n_tasks=len(tasks), steps=steps, tasks_per_step=tasks_per_step,
+                                group_size=group_size, lr=1e-5, credit="conversation", beta=0.0, micro_batch=0)
+    generation = settings.Generation(grpo="engine", vllm_mode="colocate", vllm_server_url="", vllm_gpu_memory=0.3,
+                                     eval="local", eval_base_url="", eval_api_key_env="OPENAI_API_KEY")
+    sampled = []  # tokens our student sampled per conversation (its end-of-turn tokens included), per rollout
+
+    def counted(*args, **kwargs):
+        dialogues = run_dialogues(*args, **kwargs)
+        sampled.append(sum(len(ids) + 1 for d in dialogues for ids in d.student_ids) / len(dialogues))
+        return dialogues
+
+    ours = sft.add_adapter(copy.deepcopy(student.model), finetune, seed=0)
+    with tempfile.TemporaryDirectory() as out_dir, mock.patch.object(grpo, "run_dialogues", counted):
+        history = grpo.train(ours, student.tokenizer, tasks, ScriptedTeacher(), out_dir, online,
+                             engine_settings(max_new_tokens, 1.0, 64), generation, seed=0, max_turns=turns)
+    length = max(1, round(statistics.mean(sampled)))
+    theirs = sft.add_adapter(copy.deepcopy(student.model), finetune, seed=0)
+    prompts = datasets.Dataset.from_dict({"prompt": [[{"role": "user", "content": t["prompt"]}] for t in tasks]})
+    with tempfile.TemporaryDirectory() as out_dir:
+        config = grpo.grpo_config(out_dir, online, seed=0)
+        config.max_completion_length, config.generation_kwargs = length, {"min_new_tokens": length}
+        trainer = GRPOTrainer(model=theirs, reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+                              args=config, processing_class=student.tokenizer, train_dataset=prompts)
+        trainer.train()
+    ours_s, trl_s = _step_seconds(history), _step_seconds(trainer.state.log_history)
+    return {"grpo_vs_trl_single_turn": round(ours_s / trl_s, 3),
+            "grpo": {"ours_s_per_step": round(ours_s, 3), "trl_single_turn_s_per_step": round(trl_s, 3),
+                     "sampled_tokens_per_conversation": length,
+                     "trl_completion_tokens": statistics.mean(h["completions/mean_length"] for h in
+                                                              trainer.state.log_history
+                                                              if "completions/mean_length" in h),
+                     "steps": steps, "tasks_per_step": tasks_per_step, "group_size": group_size, "turns": turns,
+                     "max_new_tokens": max_new_tokens, "lora_r": 16}}
 
 
 def main(argv=None) -> dict:
@@ -196,12 +273,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-new-tokens", type=int, default=64)  # as dialogue.max_new_tokens
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="metrics/bench.json")
+    parser.add_argument("--grpo-steps", type=int, default=4, help="GRPO steps for grpo_vs_trl_single_turn (0: skip)")
     args = parser.parse_args(argv)
     if not Path(args.model).exists():
         raise SystemExit(f"--model {args.model}: not found; run the pipeline first (make repro, or dvc repro base_student)")
     student = Student.load(args.model, dtype="float32")
     tasks = load_tasks(args.tasks, args.source, "eval")
     result = bench(student, tasks, args.dialogues, args.turns, args.max_new_tokens, repeats=args.repeats)
+    if args.grpo_steps:
+        result.update(grpo_vs_trl(student, load_tasks(args.tasks, args.source, "train"), steps=args.grpo_steps,
+                                  turns=args.turns, max_new_tokens=args.max_new_tokens))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

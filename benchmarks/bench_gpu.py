@@ -151,7 +151,8 @@ def bench_model(path: str, tokenizer, args, device: str) -> dict:
     entry = {"config": path, "parameters": parameters, "dtype": str(dtype).removeprefix("torch."), "attention": "sdpa",
              **{k: result[k] for k in ("engine_tokens_per_s", "raw_generate_tokens_per_s", "ratio_vs_raw",
                                        "raw_generate_same_contexts_tokens_per_s", "ratio_vs_raw_same_contexts",
-                                       "naive_tokens_per_s", "ratio_vs_naive", "ratio_vs_raw_bound")},
+                                       "naive_tokens_per_s", "ratio_vs_naive", "ratio_vs_raw_bound",
+                                       "engine_vs_bound")},
              "mean_student_turn_tokens": round(setup["engine_student_tokens"]
                                                / (args.dialogues * setup["engine_rounds"]), 1),
              "naive_dialogues": naive, "bench": result}

@@ -33,8 +33,7 @@ class ReplayStudent(Student):
         super().__init__(model, tokenizer, device="cpu")
         self.script, self.calls = script, []
 
-    def generate(self, prompts, max_new_tokens=96, temperature=1.0, top_p=1.0, batch_size=64, pasts=None,
-                 streams=None):
+    def generate(self, prompts, max_new_tokens=96, temperature=1.0, top_p=1.0, batch_size=64, streams=None):
         self.calls.append(len(prompts))
         texts = [self.script(self.tokenizer.decode(p, skip_special_tokens=False)) for p in prompts]
         return [(self.encode(t), True) for t in texts]

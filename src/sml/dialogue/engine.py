@@ -1,11 +1,13 @@
 """The dialogue engine: many teacher-student dialogues advanced together.
 
-Each round: one batched student ``generate`` over every active dialogue, then the environment
-(``sml.dialogue.environment``) judges every student turn, then the teacher replies to all of them.
-A dialogue ends when the student answers correctly or after ``max_turns`` student turns; finished
-dialogues drop out of the batch. Each dialogue samples from its own random stream (``dialogue_seed``), so
-what it draws does not depend on which other dialogues share its batch. The same engine collects SFT
-data, produces GRPO rollouts (it keeps the student's generated token ids) and runs evaluation.
+The student writes turns in a continuously refilled batch (``sml.dialogue.decoding``); the turns that
+ended are gathered, the environment (``sml.dialogue.environment``) judges them, the teacher replies to all
+of them at once, and those dialogues rejoin the batch for their next turn while the others still write.
+A dialogue ends when the student answers correctly or after ``max_turns`` student turns. Students that
+sample elsewhere (a server, vLLM) advance every dialogue in rounds instead: one ``generate`` per turn.
+Each dialogue samples from its own random stream (``dialogue_seed``), so what it draws does not depend on
+which other dialogues share its batch. The same engine collects SFT data, produces GRPO rollouts (it keeps
+the student's generated token ids) and runs evaluation.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sml import settings
-from sml.dialogue.environment import Dialogue, Environment, Judge, StudentTurn, TeacherView
+from sml.dialogue.environment import Dialogue, Environment, Judge, StudentTurn
 from sml.dialogue.student import Student
 from sml.dialogue.teacher import Teacher
 
@@ -46,40 +48,29 @@ def start(tasks, student: Student, teacher: Teacher, env: Environment, samples_p
     return dialogues
 
 
-def dialogues_with_room(dialogues: list[Dialogue], student: Student, max_new_tokens: int) -> list[Dialogue]:
-    """The dialogues still going on; one whose next turn might not fit the student's context stops here."""
-    active = [d for d in dialogues if not d.done]
-    for d in active:
-        if len(d.ids) + max_new_tokens > student.max_length:
-            d.stop = "context"
-    return [d for d in active if not d.done]
+def inject_questions(inject, dialogues: list[Dialogue], turns: list[StudentTurn], rngs: list[random.Random],
+                     student: Student, sampling: dict) -> None:
+    """Q-priming: replace some failed turns by questions (in place). Each dialogue draws from its own entry of
+    ``rngs``, so which turns are replaced does not depend on which turns ended together."""
+    chosen = [k for k, (d, t, rng) in enumerate(zip(dialogues, turns, rngs))
+              if inject.choose(d.turns + 1, [d], [t.correct], rng)]
+    asked = inject.questions([dialogues[k] for k in chosen], [turns[k].text for k in chosen],
+                             [turns[k].check for k in chosen], student, sampling)
+    for k, (question, how) in zip(chosen, asked):
+        # the decoder's cache of this dialogue covers the replaced words only up to where they differ
+        turns[k] = StudentTurn(question, student.encode(question), label="question", injected=how)
 
 
-def student_turns(student: Student, dialogues: list[Dialogue], max_new_tokens: int, sampling: dict,
-                  reuse_cache: bool) -> list[StudentTurn]:
-    """One batched ``generate`` over every dialogue (from its KV cache when ``reuse_cache``), each sampling
-    from its own random stream."""
-    pasts = [d.past for d in dialogues] if reuse_cache else None  # generate updates them in place
-    generated = student.generate([d.ids for d in dialogues], max_new_tokens, pasts=pasts,
-                                 streams=[d.stream for d in dialogues], **sampling)
-    return [StudentTurn(student.decode(ids), ids, pasts[k] if pasts is not None else None)
-            for k, (ids, _) in enumerate(generated)]
-
-
-def inject_questions(inject, turn: int, dialogues: list[Dialogue], turns: list[StudentTurn], student: Student,
-                     sampling: dict, rng: random.Random) -> None:
-    """Q-priming: replace some failed turns by questions (in place)."""
-    chosen = inject.choose(turn, dialogues, [t.correct for t in turns], rng)
-    asked = inject.questions([dialogues[i] for i in chosen], [turns[i].text for i in chosen],
-                             [turns[i].check for i in chosen], student, sampling)
-    for i, (question, how) in zip(chosen, asked):
-        # no KV cache: it covers the words that were replaced
-        turns[i] = StudentTurn(question, student.encode(question), label="question", injected=how)
-
-
-def teacher_replies(teacher: Teacher, student: Student, env: Environment,
-                    briefs: list[tuple[Dialogue, TeacherView]]) -> None:
-    """The teacher answers every judged turn at once; each message passes the leak audit, then joins its dialogue."""
+def answer(ended: list[tuple], dialogues: list[Dialogue], student: Student, teacher: Teacher, env: Environment,
+           inject, inject_rngs: list[random.Random], sampling: dict) -> None:
+    """Judge the student turns that ended (dialogue index, token ids, ended on its own), apply Q-priming, and
+    let the teacher answer them all at once; each message passes the leak audit, then joins its dialogue."""
+    active = [dialogues[i] for i, *_ in ended]
+    turns = [StudentTurn(student.decode(ids), ids) for _, ids, _ in ended]
+    env.judge_turns(active, turns)
+    if inject is not None:
+        inject_questions(inject, active, turns, [inject_rngs[i] for i, *_ in ended], student, sampling)
+    briefs = [(d, view) for d, t in zip(active, turns) if (view := env.respond(d, d.turns + 1, t)) is not None]
     for (d, view), message in zip(briefs, teacher.reply_batch([view for _, view in briefs])):
         message = env.audit(d, view, message)
         d.add_teacher_message(message, student.extend(d.ids, d.messages, message), view.hinted)
@@ -99,26 +90,37 @@ def run_dialogues(tasks, student: Student, teacher: Teacher, dialogue: settings.
     (``strategies.StrategyClassifier``, for real models). ``reuse_cache``: keep each dialogue's KV cache
     between turns, so a turn only runs the teacher's new tokens through the model.
     """
-    reuse_cache = reuse_cache and student.pieces is not None  # caches stay valid only while ids only grow
     torch.manual_seed(seed)
     env = Environment(variant, max_turns, dialogue.shard_reveal, dialogue.block_leaks, judge or Judge(), classifier)
-    inject_rng = random.Random(seed)  # its own stream: injection draws leave the student's sampling alone
     sampling = dict(temperature=dialogue.temperature, top_p=dialogue.top_p, batch_size=dialogue.batch_size)
     dialogues = start(list(tasks), student, teacher, env, samples_per_task, seed)
+    # injection draws: each dialogue's own, apart from its sampling stream (which they leave alone)
+    inject_rngs = [random.Random(f"inject:{d.stream.initial_seed()}") for d in dialogues]
+    decoder = student.decoder(min(dialogue.batch_size, len(dialogues)), dialogue.max_new_tokens,
+                              dialogue.temperature, dialogue.top_p, reuse_cache)
     bar = tqdm(total=len(dialogues), desc=f"dialogues ({variant}, {max_turns} turns)", unit="dialogue",
                disable=not progress)
-    for turn in range(1, max_turns + 1):
-        active = dialogues_with_room(dialogues, student, dialogue.max_new_tokens)
-        if not active:
-            break
-        turns = student_turns(student, active, dialogue.max_new_tokens, sampling, reuse_cache)
-        env.judge_turns(active, turns)
-        if inject is not None:
-            inject_questions(inject, turn, active, turns, student, sampling, inject_rng)
-        briefs = [(d, view) for d, t in zip(active, turns) if (view := env.respond(d, turn, t)) is not None]
-        teacher_replies(teacher, student, env, briefs)
-        bar.update(sum(d.done for d in dialogues) - bar.n)
-        bar.set_postfix(turn=turn, solved=sum(bool(d.solved_turn) for d in dialogues))
+
+    def next_turns(indices) -> None:
+        for i in indices:
+            d = dialogues[i]
+            if not d.done and len(d.ids) + dialogue.max_new_tokens > student.max_length:
+                d.stop = "context"  # its next turn might not fit the student's context
+            if d.done:
+                decoder.release(i)
+            else:
+                decoder.add(i, d.ids, d.stream)
+
+    next_turns(range(len(dialogues)))
+    ended = []  # student turns waiting for the environment and the teacher
+    while decoder.busy or ended:
+        ended += decoder.step()
+        if ended and decoder.worth(len(ended)):  # the teacher answers in batches
+            answer(ended, dialogues, student, teacher, env, inject, inject_rngs, sampling)
+            next_turns([i for i, *_ in ended])
+            ended = []
+            bar.update(sum(d.done for d in dialogues) - bar.n)
+            bar.set_postfix(solved=sum(bool(d.solved_turn) for d in dialogues))
     bar.update(len(dialogues) - bar.n)
     bar.close()
     return dialogues

@@ -57,7 +57,6 @@ class Dialogue:
     error: dict | None = None  # the concrete error the teacher's last reply named (``TeacherView.named``)
     student_ids: list[list[int]] = field(default_factory=list)
     turn_starts: list[int] = field(default_factory=list)  # where each student turn begins in ``ids``
-    past: object = None  # the student's KV cache of ``ids`` (kept between turns; see Student.generate)
     stream: object = None  # its own random numbers, a torch.Generator (``engine.dialogue_seed``)
     hints_given: int = 0
     solved_turn: int = 0
@@ -76,7 +75,6 @@ class Dialogue:
         return gamma ** (self.solved_turn - 1) if self.solved_turn else 0.0
 
     def add_student_turn(self, turn: StudentTurn) -> None:
-        self.past = turn.past
         self.revealed.append(len(self.shown))
         self.messages.append({"role": "assistant", "content": turn.text})
         self.turn_starts.append(len(self.ids))
@@ -98,11 +96,10 @@ class Dialogue:
 
 @dataclass
 class StudentTurn:
-    """One student turn as generated (``text``, ``ids``, the KV cache ``past``) and as judged (``label``,
+    """One student turn as generated (``text``, ``ids``) and as judged (``label``,
     ``check``: the verifier's report on an attempt, else None). ``injected``: see ``Dialogue``."""
     text: str
     ids: list[int]
-    past: object = None
     label: str = ""
     check: dict | None = None
     injected: str = ""
@@ -268,7 +265,6 @@ class Environment:
         if d.done:
             if d.stop == "solved":
                 d.solved_turn = turn
-            d.past = None  # no more turns: free the cache
             return None
         reveal = self.shard_to_reveal(d, student.label, student.text) if d.n_shards else None
         if reveal is not None:

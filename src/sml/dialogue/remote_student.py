@@ -68,11 +68,10 @@ class RemoteStudent(Student):
                         lambda raw: raw, what=f"student endpoint {self.base_url}", **self.http)
 
     @torch.no_grad()
-    def generate(self, prompts, max_new_tokens=96, temperature=1.0, top_p=1.0, batch_size=64, pasts=None,
-                 streams=None):
+    def generate(self, prompts, max_new_tokens=96, temperature=1.0, top_p=1.0, batch_size=64, streams=None):
         """One completion per prompt (token ids), ``batch_size`` prompts per request, a few requests in
-        flight; ``pasts`` is ignored (the server keeps its own prefix cache), and so are ``streams``: a request
-        carries one seed for all its prompts."""
+        flight (the server keeps its own prefix cache); ``streams`` are ignored: a request carries one seed
+        for all its prompts."""
         batches = [range(i, min(i + batch_size, len(prompts))) for i in range(0, len(prompts), batch_size)]
         # one seed per request: the server applies it to every prompt of the request (the engine sends each
         # dialogue once per turn, so no two prompts of a request are the same conversation)

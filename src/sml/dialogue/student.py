@@ -1,5 +1,5 @@
 """The student: any Hugging Face causal LM (hub id or local path), optionally with a LoRA adapter,
-sampled in batches with left padding.
+sampled in batches (``sml.dialogue.decoding``).
 
 Dialogues grow turn by turn, so the student keeps each conversation as token ids and appends the
 ids of every new turn instead of re-rendering the whole chat template each time: tokenizing a joined
@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, StaticCache, TokenizersBackend
+from transformers import AutoModelForCausalLM, AutoTokenizer, TokenizersBackend
+
+from sml.dialogue.decoding import Decoder, Rounds
 
 
 def load_tokenizer(name_or_path: str, **kwargs):
@@ -122,143 +124,30 @@ class Student:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     # sampling -----------------------------------------------------------------------------------
-    @torch.no_grad()
+    def decoder(self, slots: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                reuse: bool = True) -> Decoder | Rounds:
+        """Where the student's turns are sampled: a ``Decoder`` (continuous batching in ``slots`` rows, each
+        conversation keeping its KV cache between turns), or for students with a ``generate`` of their own
+        (they sample elsewhere: a server, vLLM, a script) ``Rounds`` of ``generate`` calls."""
+        if type(self).generate is not Student.generate:
+            return Rounds(self, max_new_tokens, dict(temperature=temperature, top_p=top_p, batch_size=slots))
+        return Decoder(self.model, self.eos_id, self.pad_id, slots, max_new_tokens, temperature, top_p, reuse)
+
     def generate(self, prompts: list[list[int]], max_new_tokens: int = 96, temperature: float = 1.0,
-                 top_p: float = 1.0, batch_size: int = 64, pasts: list | None = None,
-                 streams: list | None = None) -> list[tuple[list[int], bool]]:
-        """Sample one completion per prompt, in batches of similar length (less padding).
-
-        ``pasts`` (optional, one entry per prompt, ``None`` or a ``Past`` from an earlier call) carries
-        each conversation's KV cache from turn to turn, so only the new tokens are run through the model;
-        it is updated in place to cover each prompt plus its completion. ``streams`` (optional, one
-        ``torch.Generator`` per prompt) gives each prompt its own random numbers, ``max_new_tokens``
-        uniforms per call whatever it uses of them, so which numbers a conversation draws does not depend on
-        what else is in the batch; without them every row draws from torch's global generator."""
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+                 top_p: float = 1.0, batch_size: int = 64, streams: list | None = None) -> list[tuple[list[int], bool]]:
+        """Sample one completion per prompt, ``batch_size`` at a time (shortest first: less attention to
+        padding). ``streams`` (optional, one ``torch.Generator`` per prompt) gives each prompt its own random
+        numbers (see ``Decoder``); without them every prompt draws from torch's global generator."""
+        decoder = Decoder(self.model, self.eos_id, self.pad_id, min(batch_size, len(prompts)), max_new_tokens,
+                          temperature, top_p)
+        for i in sorted(range(len(prompts)), key=lambda i: len(prompts[i])):
+            decoder.add(i, prompts[i], streams[i] if streams is not None else None)
         out: list[tuple[list[int], bool]] = [([], False)] * len(prompts)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            chunk_pasts = [pasts[i] for i in chunk] if pasts is not None else [None] * len(chunk)
-            chunk_streams = [streams[i] for i in chunk] if streams is not None else None
-            completions, new_pasts = self._sample([prompts[i] for i in chunk], chunk_pasts, max_new_tokens,
-                                                  temperature, top_p, chunk_streams)
-            for i, completion, past in zip(chunk, completions, new_pasts):
-                out[i] = completion
-                if pasts is not None:
-                    pasts[i] = past
+        while decoder.busy:
+            for i, tokens, ended in decoder.step():
+                out[i] = (tokens, ended)
+                decoder.release(i)
         return out
-
-    def _sample(self, prompts, pasts, max_new_tokens, temperature, top_p, streams=None):
-        """A plain decoding loop that drops each sequence from the batch as soon as it ends (turn lengths
-        are ragged: ``generate`` would keep stepping finished rows until the longest turn ends)."""
-        batch = Batch.prefill(self, prompts, pasts, max_new_tokens)
-        uniforms = torch.stack([torch.rand(max_new_tokens, generator=g) for g in streams]) if streams else None
-        tokens: list[list[int]] = [[] for _ in prompts]
-        ended = [False] * len(prompts)
-        new_pasts: list[Past | None] = [None] * len(prompts)
-        for step in range(max_new_tokens):
-            rows = batch.rows.tolist()
-            chosen = _pick(batch.logits, temperature, top_p, None if uniforms is None else uniforms[rows, step])
-            for row, token in zip(rows, chosen.tolist()):
-                if token == self.eos_id:
-                    ended[row] = True
-                else:
-                    tokens[row].append(token)
-            going = chosen != self.eos_id
-            if step == max_new_tokens - 1 or not going.any():
-                break
-            if not going.all():  # finished rows leave the batch and the cache
-                batch.release((~going).nonzero().squeeze(-1), new_pasts)
-                keep = going.nonzero().squeeze(-1)
-                batch.keep(keep)
-                chosen = chosen[keep]
-            batch.step(self.model, chosen)
-        batch.release(torch.arange(len(batch.rows)), new_pasts)
-        return list(zip(tokens, ended)), new_pasts
-
-
-@dataclass
-class Batch:
-    """The rows being decoded together: their KV cache, allocated once for the whole turn (a growing cache
-    copies itself at every step, which costs more than the tiny model's own compute once dialogues are
-    long), its attention mask, each row's position, and the logits of the next token."""
-    rows: torch.Tensor  # each row's index in the call's prompts
-    cache: StaticCache
-    mask: torch.Tensor
-    last: torch.Tensor  # each row's last position
-    filled: int  # cache slots written so far
-    logits: torch.Tensor
-
-    @classmethod
-    def prefill(cls, student: Student, prompts, pasts, max_new_tokens) -> Batch:
-        """Run each prompt's tokens that its cached past does not cover. Rows start from their past,
-        left-padded to a common length; pads are masked."""
-        cached = [min(p.length, len(prompt) - 1) if p is not None else 0 for p, prompt in zip(pasts, prompts)]
-        fresh = [prompt[n:] for prompt, n in zip(prompts, cached)]
-        width_past, width_new = max(cached), max(map(len, fresh))
-        ids, new_mask = left_pad(fresh, student.pad_id, width_new)
-        capacity = width_past + width_new + max_new_tokens
-        mask = torch.zeros((len(prompts), capacity), dtype=torch.long)
-        mask[:, width_past:width_past + width_new] = new_mask
-        cache = StaticCache(config=student.model.config, max_cache_len=capacity)
-        if width_past:
-            for row, n in enumerate(cached):
-                mask[row, width_past - n:width_past] = 1
-            _load_pasts(cache, pasts, cached, width_past, student.device)
-        mask = mask.to(student.device)
-        position = (torch.tensor(cached)[:, None] + new_mask.cumsum(-1) - 1).clamp(min=0).to(student.device)
-        logits = student.model(input_ids=ids.to(student.device), attention_mask=mask, position_ids=position,
-                               past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        return cls(torch.arange(len(prompts), device=student.device), cache, mask, position[:, -1],
-                   width_past + width_new, logits)
-
-    def step(self, model, chosen: torch.Tensor) -> None:
-        """Feed each row its chosen token; ``logits`` become those of the token after it."""
-        self.mask[:, self.filled] = 1
-        self.filled += 1
-        self.last = self.last + 1
-        self.logits = model(input_ids=chosen[:, None], attention_mask=self.mask, position_ids=self.last[:, None],
-                            past_key_values=self.cache, use_cache=True).logits[:, -1]
-
-    def keep(self, keep: torch.Tensor) -> None:
-        """Only the rows ``keep`` (batch positions) go on."""
-        self.rows, self.mask, self.last = self.rows[keep], self.mask[keep], self.last[keep]
-        for layer in self.cache.layers:
-            layer.keys, layer.values = layer.keys[keep], layer.values[keep]
-            layer.batch_size = len(keep)
-
-    def release(self, batch_rows: torch.Tensor, pasts: list) -> None:
-        """Save the KV cache of the rows ``batch_rows`` (batch positions), pads dropped, as their ``Past``."""
-        for b in batch_rows.tolist():
-            real = self.mask[b, :self.filled].bool()
-            pasts[self.rows[b].item()] = Past([layer.keys[b][:, :self.filled][:, real] for layer in self.cache.layers],
-                                              [layer.values[b][:, :self.filled][:, real]
-                                               for layer in self.cache.layers])
-
-
-def _load_pasts(cache: StaticCache, pasts, cached: list[int], width: int, device) -> None:
-    """Write each row's cached keys and values into ``cache``, right-aligned to ``width`` slots."""
-    first = next(p for p in pasts if p is not None)
-    for layer, like in enumerate(first.keys):
-        keys = like.new_zeros((len(pasts), like.shape[0], width, like.shape[-1]))
-        values = torch.zeros_like(keys)
-        for row, (p, n) in enumerate(zip(pasts, cached)):
-            if n:
-                keys[row, :, width - n:] = p.keys[layer][:, :n]
-                values[row, :, width - n:] = p.values[layer][:, :n]
-        cache.update(keys.to(device), values.to(device), layer)
-
-
-@dataclass
-class Past:
-    """One conversation's KV cache: per layer, keys and values of shape (kv_heads, length, head_dim)
-    for the first ``length`` tokens of its ids."""
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-
-    @property
-    def length(self) -> int:
-        return self.keys[0].shape[1]
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,21 +158,3 @@ def left_pad(prompts: list[list[int]], pad_id: int, width: int | None = None) ->
     for row, p in enumerate(prompts):
         ids[row, width - len(p):], mask[row, width - len(p):] = torch.tensor(p, dtype=torch.long), 1
     return ids, mask
-
-
-def _pick(logits: torch.Tensor, temperature: float, top_p: float, uniform: torch.Tensor | None = None) -> torch.Tensor:
-    """Greedy at temperature 0, else a sample from the temperature-scaled, top-p-truncated distribution:
-    with ``uniform`` (one number in [0, 1) per row), the inverse of each row's CDF at it."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        drop = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
-        sorted_probs[drop] = 0
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    if uniform is None:
-        return torch.multinomial(probs, 1).squeeze(-1)
-    cdf = probs.cumsum(-1)
-    u = uniform.to(cdf.device) * cdf[:, -1]  # the CDF's last value, which rounding keeps near 1
-    return torch.searchsorted(cdf, u[:, None], right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)

@@ -154,8 +154,7 @@ class VLLMStudent(Student):
         self.use_tokenizer(tokenizer)
         self.max_length = getattr(generation, "max_model_length", None) or 32768
 
-    def generate(self, prompts, max_new_tokens=96, temperature=1.0, top_p=1.0, batch_size=64, pasts=None,
-                 streams=None):
+    def generate(self, prompts, max_new_tokens=96, temperature=1.0, top_p=1.0, batch_size=64, streams=None):
         _, completions, _, _ = self.generation.generate(prompts=[list(p) for p in prompts], images=None,
                                                         num_generations=1)
         ended = [bool(ids) and ids[-1] == self.eos_id for ids in completions]

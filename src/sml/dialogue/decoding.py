@@ -1,0 +1,245 @@
+"""Continuous batching: the student's turns decode in a fixed set of batch rows ("slots"), and a slot whose turn
+ended takes the next waiting turn while the others go on writing, so no round ends in a ragged tail.
+
+A conversation keeps its slot, and with it its KV cache, from its first turn until it is released: its next
+turn only runs the new tokens (the teacher's reply) through the model. Each slot holds one conversation
+left-aligned, token ``p`` in column ``p``, so a row needs no padding and its cache can be extended in place
+without moving any other row.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import Cache
+
+
+class Slots(Cache):
+    """A KV cache of ``rows`` slots. Before each forward pass the caller sets which slots it runs (``rows``: a
+    tensor, or an int ``b`` for slots ``0..b-1``, which the attention then reads without a copy), the column
+    each new token is written to (``write``, one per row and token) and how many columns attention reads
+    (``width``). It grows when a write needs more columns (preallocated: a growing cache would copy itself at
+    every step)."""
+
+    def __init__(self, rows: int):
+        super().__init__(layers=[])
+        self.size = rows
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.rows: torch.Tensor | int = rows
+        self.write: torch.Tensor | None = None
+        self.width = 0
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer: int, *args, **kwargs):
+        if layer == len(self.keys):
+            shape = (self.size, keys.shape[1], self.width, keys.shape[-1])
+            self.keys.append(keys.new_zeros(shape))
+            self.values.append(keys.new_zeros(shape))
+        if self.keys[layer].shape[2] < self.width:
+            grown = max(self.width, 2 * self.keys[layer].shape[2])
+            pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, grown - t.shape[2]))
+            self.keys[layer], self.values[layer] = pad(self.keys[layer]), pad(self.values[layer])
+        span = isinstance(self.rows, int)
+        rows = (torch.arange(self.rows, device=keys.device) if span else self.rows)[:, None]
+        out = []
+        for cache, new in ((self.keys[layer], keys), (self.values[layer], values)):
+            cache[rows, :, self.write] = new.transpose(1, 2)
+            visible = cache[:, :, :self.width]
+            out.append(visible[:self.rows] if span else visible.index_select(0, self.rows))
+        return tuple(out)
+
+    def permute(self, dst: list[int], src: list[int]) -> None:
+        """Slot ``src[k]``'s contents move to slot ``dst[k]``."""
+        for cache in self.keys + self.values:
+            cache[dst] = cache[src]
+
+
+class Decoder:
+    """Turns decoding together in ``slots`` batch rows. ``add(key, prompt, stream)`` queues conversation ``key``'s
+    next turn; ``step()`` samples one token in every writing slot and returns the turns that ended, as
+    ``(key, tokens, ended on its own)``; ``release(key)`` frees the conversation's slot. Queued turns join in
+    one prefill once enough of them can (``worth``): a slot whose turn ended sits idle until then. With
+    ``reuse``, a slot's cache is kept for the longest prefix its conversation still shares (the student's ids
+    only grow, unless a turn was replaced); without, every turn re-reads its whole prompt.
+
+    Randomness: a turn draws ``max_new_tokens`` uniforms from its conversation's own ``stream`` (a
+    ``torch.Generator``; None: torch's global one) when it is queued, and samples token k from uniform k, so
+    the numbers a conversation draws do not depend on what else shares the batch."""
+
+    def __init__(self, model, eos_id: int, pad_id: int, slots: int, max_new_tokens: int, temperature: float,
+                 top_p: float, reuse: bool = True):
+        self.model, self.eos_id, self.pad_id = model, eos_id, pad_id
+        self.max_new_tokens, self.temperature, self.top_p, self.reuse = max_new_tokens, temperature, top_p, reuse
+        self.refill_at = max(1, slots // 8)
+        self.device = next(model.parameters()).device
+        self.cache = Slots(slots)
+        self.ids: list[list[int]] = [[] for _ in range(slots)]  # the tokens each slot's cache holds
+        self.owner: list[object] = [None] * slots
+        self.slot_of: dict = {}
+        self.turn: list[list[int] | None] = [None] * slots  # the tokens of each writing slot's turn; None: idle
+        self.uniforms = torch.zeros((slots, max_new_tokens))
+        self.queue: list[tuple[object, list[int], torch.Tensor]] = []
+        self.logits = None  # each slot's next-token logits
+
+    def add(self, key, prompt: list[int], stream: torch.Generator | None = None) -> None:
+        self.queue.append((key, prompt, torch.rand(self.max_new_tokens, generator=stream)))
+
+    def release(self, key) -> None:
+        """The conversation is over: its slot takes others (its cache stays, for a new prompt that shares it)."""
+        slot = self.slot_of.pop(key, None)
+        if slot is not None:
+            self.owner[slot] = None
+
+    @property
+    def live(self) -> int:
+        return sum(t is not None for t in self.turn)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queue) or self.live > 0
+
+    def worth(self, waiting: int) -> bool:
+        """Whether ``waiting`` turns are worth a prefill (or a call to the teacher) now: ``refill_at`` of them,
+        or as many as are still writing (so the last few turns of a run do not wait for each other)."""
+        return waiting >= min(self.refill_at, self.live)
+
+    @torch.no_grad()
+    def step(self) -> list[tuple[object, list[int], bool]]:
+        ready = sum(key in self.slot_of for key, *_ in self.queue) + self.owner.count(None)
+        if self.queue and self.worth(min(ready, len(self.queue))):
+            self._admit()
+        writing = [s for s, t in enumerate(self.turn) if t is not None]
+        if not writing:
+            return []
+        if writing[-1] + 1 > len(writing) + self.refill_at:
+            writing = self._compact(writing)
+        drawn = torch.tensor([len(t) if t is not None else 0 for t in self.turn])  # token k takes uniform k
+        chosen = _pick(self.logits, self.temperature, self.top_p, self.uniforms[torch.arange(len(self.turn)), drawn])
+        tokens, ended, going = chosen.tolist(), [], []
+        for s in writing:
+            if tokens[s] != self.eos_id:
+                self.turn[s].append(tokens[s])
+            if tokens[s] == self.eos_id or len(self.turn[s]) == self.max_new_tokens:
+                ended.append((self.owner[s], self.turn[s], tokens[s] == self.eos_id))
+                self.turn[s] = None
+            else:
+                going.append(s)
+        if going:  # every slot up to the last writing one runs (a slice: no copy); the others' outputs are unused
+            span = going[-1] + 1
+            at = torch.tensor([len(ids) for ids in self.ids[:span]])[:, None]  # each slot's next column
+            logits = self._forward(span, chosen[:span, None], at)
+            self.logits[:span] = logits
+            for s in going:
+                self.ids[s].append(tokens[s])
+        return ended
+
+    def _compact(self, writing: list[int]) -> list[int]:
+        """Swap the writing slots into the lowest ones: a decoding step runs every slot up to the last writing
+        one, and once most have ended (the tail of a run) the idle ones would cost as much as the rest."""
+        low = [s for s in range(len(writing)) if self.turn[s] is None]
+        high = [s for s in writing if s >= len(writing)]
+        dst, src = low + high, high + low
+        source = list(range(len(self.turn)))
+        for d, s in zip(dst, src):
+            source[d] = s
+        self.cache.permute(dst, src)
+        for state in (self.ids, self.owner, self.turn):
+            state[:] = [state[s] for s in source]
+        self.uniforms[dst], self.logits[dst] = self.uniforms[src], self.logits[src]
+        self.slot_of.update({key: s for s, key in enumerate(self.owner) if key is not None})
+        return list(range(len(writing)))
+
+    def _admit(self) -> None:
+        """Prefill the queued turns that have a slot or find a free one, in one forward pass (left-padded)."""
+        joining, waiting = [], []
+        for key, prompt, uniforms in self.queue:
+            slot = self.slot_of.get(key)
+            if slot is None and None in self.owner:
+                slot = self.slot_of[key] = self.owner.index(None)
+                self.owner[slot] = key
+            if slot is None:
+                waiting.append((key, prompt, uniforms))
+            else:
+                joining.append((slot, prompt, uniforms))
+        self.queue = waiting
+        starts = []
+        for slot, prompt, uniforms in joining:
+            kept = _shared_prefix(self.ids[slot], prompt) if self.reuse else 0
+            starts.append(min(kept, len(prompt) - 1))  # at least one token to read: its logits are the next's
+            self.ids[slot], self.turn[slot], self.uniforms[slot] = list(prompt), [], uniforms
+        fresh = [prompt[start:] for (_, prompt, _), start in zip(joining, starts)]
+        width = max(map(len, fresh))
+        ids = torch.full((len(fresh), width), self.pad_id, dtype=torch.long)
+        # token j of a row's new tokens goes to column start + j; the left pads go after them (columns that the
+        # next decoded tokens overwrite before anything reads them)
+        write = torch.empty((len(fresh), width), dtype=torch.long)
+        for row, (tokens, start) in enumerate(zip(fresh, starts)):
+            pads = width - len(tokens)
+            ids[row, pads:] = torch.tensor(tokens)
+            write[row] = torch.cat([torch.arange(start + len(tokens), start + width),
+                                    torch.arange(start, start + len(tokens))])
+        slots = torch.tensor([slot for slot, *_ in joining])
+        logits = self._forward(slots, ids, write)
+        if self.logits is None:
+            self.logits = logits.new_zeros((len(self.turn), logits.shape[-1]))
+        self.logits[slots.to(logits.device)] = logits
+
+    def _forward(self, rows, ids: torch.Tensor, write: torch.Tensor) -> torch.Tensor:
+        """Run ``ids`` (one row per slot in ``rows``), token (r, j) at position and column ``write[r, j]``,
+        attending the columns up to its own; the logits after each row's last token."""
+        self.cache.rows = rows if isinstance(rows, int) else rows.to(self.device)
+        self.cache.width = int(write.max()) + 1
+        self.cache.write = write = write.to(self.device)
+        mask = torch.arange(self.cache.width, device=self.device) <= write[:, :, None]
+        return self.model(input_ids=ids.to(self.device), attention_mask=mask[:, None], position_ids=write,
+                          past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+
+
+class Rounds:
+    """``Decoder``'s interface for students that sample elsewhere (a server, vLLM, a script: a ``generate`` of
+    their own): every queued turn goes into one ``generate`` call, so conversations advance in rounds."""
+    live = 0
+
+    def __init__(self, student, max_new_tokens: int, sampling: dict):
+        self.student, self.max_new_tokens, self.sampling, self.queue = student, max_new_tokens, sampling, []
+
+    def add(self, key, prompt: list[int], stream: torch.Generator | None = None) -> None:
+        self.queue.append((key, prompt, stream))
+
+    def release(self, key) -> None:
+        pass
+
+    def worth(self, waiting: int) -> bool:
+        return True
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queue)
+
+    def step(self) -> list[tuple[object, list[int], bool]]:
+        keys, prompts, streams = zip(*self.queue)
+        self.queue = []
+        out = self.student.generate(list(prompts), self.max_new_tokens, streams=list(streams), **self.sampling)
+        return [(key, ids, ended) for key, (ids, ended) in zip(keys, out)]
+
+
+def _shared_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    return next(i for i in range(n) if a[i] != b[i])
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_p: float, uniform: torch.Tensor) -> torch.Tensor:
+    """Greedy at temperature 0, else a sample from the temperature-scaled, top-p-truncated distribution: the
+    inverse of each row's CDF at its ``uniform`` (one number in [0, 1) per row)."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
+        sorted_probs[drop] = 0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    cdf = probs.cumsum(-1)
+    u = uniform.to(cdf.device) * cdf[:, -1]  # the CDF's last value, which rounding keeps near 1
+    return torch.searchsorted(cdf, u[:, None], right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
