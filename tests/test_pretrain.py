@@ -3,12 +3,14 @@ weights of an uninterrupted one."""
 
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import TrainerCallback
 
 from sml import settings
 from sml.train import base_model, pretrain
 from sml.train import corpus as chat_corpus
+from sml.tasks.toy_math import generate as toy_math_generate
 from tiny_models import tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,3 +48,52 @@ def test_a_resumed_pretraining_ends_with_the_uninterrupted_weights(tmp_path):
     assert counter.taken == 4  # it went on from step 2
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_the_pretraining_probe_script_reports_probes_and_digit_losses(tmp_path):
+    import importlib.util
+    from sml.tasks.build import build
+    cfg = settings.load(REPO / "profiles" / "smoke.yaml")
+    build(cfg.tasks.model_copy(update={"sources": "toy_math,toy_code"}), tmp_path / "tasks")
+    spec = importlib.util.spec_from_file_location("probe_pretraining", REPO / "scripts" / "probe_pretraining.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    result = script.main([str(REPO / "profiles" / "smoke.yaml"), str(tmp_path / "tasks"), str(tmp_path / "out"),
+                          "--minutes", "0", "--every", "0"])
+    assert result["steps"] == 1  # the time limit stops it after its first step
+    assert set(result["probes"][-1]) == {"step", "greedy_sr1_math", "greedy_sr1_code"}
+    for domain in ("math", "code"):
+        assert result[f"digit_loss_{domain}"]["digits"] > 0 and result[f"digit_loss_{domain}"]["other"] > 0
+    assert (tmp_path / "out" / "model" / "tokenizer.json").exists()
+
+
+class Stub:
+    """A causal LM stand-in with fixed next-token logits: sure of the token that actually comes next where
+    ``sure(token)`` holds, uniform over the vocabulary elsewhere."""
+
+    device = "cpu"
+
+    def __init__(self, vocab: int, sure):
+        self.vocab, self.sure = vocab, sure
+
+    def __call__(self, input_ids):
+        import torch
+        from types import SimpleNamespace
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        for position, token in enumerate(input_ids[0, 1:].tolist()):
+            if self.sure(token):
+                logits[0, position, token] = 50.0
+        return SimpleNamespace(logits=logits)
+
+
+def test_digit_loss_splits_the_answer_tokens_into_digits_and_the_rest():
+    import math
+    tok = tiny_tokenizer()
+    tasks = toy_math_generate(3, 0, min_digits=2, max_digits=2)
+    uniform = pretrain.digit_loss(Stub(len(tok), lambda token: False), tok, tasks)
+    assert uniform["digits"] == pytest.approx(math.log(len(tok))) and uniform["other"] == pytest.approx(math.log(len(tok)))
+    # sure of the digits only: a student that copies every number but has not learned the answer's frame
+    digits_known = pretrain.digit_loss(Stub(len(tok), lambda token: tok.decode([token]).strip().isdigit()), tok, tasks)
+    assert digits_known["digits"] < 1e-6 and digits_known["other"] == pytest.approx(math.log(len(tok)))
+    tasks_without_digits = [{**t, "solution": "The answer is unknown."} for t in tasks]
+    assert math.isnan(pretrain.digit_loss(Stub(len(tok), lambda token: False), tok, tasks_without_digits)["digits"])

@@ -17,11 +17,12 @@ import json
 from pathlib import Path, PurePosixPath
 
 import datasets
+import torch
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
 from sml import resume
-from sml.train.sft import sft_config, uses_bf16
+from sml.train.sft import chat, sft_config, uses_bf16
 
 
 EMBEDDED = "models/base_student"  # student.model of the embedded default, as the base_student stage writes it
@@ -90,3 +91,21 @@ def pretrain(model, tokenizer, train: datasets.Dataset, out_dir: str, *, epochs:
                          processing_class=tokenizer, callbacks=resume.with_replay(callbacks))
     resume.train(trainer, out_dir if checkpoint_steps else None)
     return trainer.state.log_history
+
+
+@torch.no_grad()
+def digit_loss(model, tokenizer, tasks) -> dict:
+    """The student's mean loss (nats per token) on the reference answers of ``tasks``, split into digit tokens
+    (``digits``) and all others (``other``). A base that cannot copy numbers from the request writes the answer's
+    frame (loss near 0) but guesses its digits (loss near ln 10 = 2.3): the one skill a low SR@1 can hide."""
+    losses = {"digits": [], "other": []}
+    for task in tasks:
+        encoded = tokenizer.apply_chat_template(chat(task), tokenize=True, return_dict=True,
+                                                return_assistant_tokens_mask=True)
+        ids = torch.tensor([encoded["input_ids"]], device=model.device)
+        logprobs = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+        nll = -logprobs.gather(1, ids[0, 1:, None])[:, 0]
+        for position, (token, loss) in enumerate(zip(ids[0, 1:].tolist(), nll.tolist()), start=1):
+            if encoded["assistant_masks"][position]:
+                losses["digits" if tokenizer.decode([token]).strip().isdigit() else "other"].append(loss)
+    return {name: sum(values) / len(values) if values else float("nan") for name, values in losses.items()}
