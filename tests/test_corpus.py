@@ -157,3 +157,18 @@ def test_no_task_set_prompt_is_ever_in_the_corpus():
 
     assert excluded & set(requests(build(n=30))), "the check must bite: without exclusion these prompts appear"
     assert not excluded & set(requests(build(n=30, exclude=excluded)))
+
+
+def test_the_single_turn_phase_answers_each_problem_of_the_pools_once():
+    """Phase 1 of pretraining (``base_student.single_epochs``): the problems the chat mix draws from, each once as
+    a one-turn chat, and none of the excluded task-set prompts."""
+    drawn = toy_math.generate(60, 0, CFG.tasks.math_generator, CFG.tasks.math_min_terms, CFG.tasks.math_max_terms,
+                              CFG.tasks.math_min_digits, CFG.tasks.math_max_digits)
+    excluded = {t["prompt"] for t in drawn[:30]}
+    singles = chat_corpus.single_turn(30, seed=0, tasks=CFG.tasks, exclude=excluded)
+    pools = chat_corpus.fresh_problems(30, 0, CFG.tasks, excluded)
+    assert set(singles["kind"]) == {"single"} and all(len(chat) == 2 for chat in singles["messages"])
+    for domain, pool in pools.items():
+        asked = [chat[0]["content"] for chat, d in zip(singles["messages"], singles["domain"]) if d == domain]
+        assert sorted(asked) == sorted(t["prompt"] for t in pool)
+    assert not excluded & {chat[0]["content"] for chat in singles["messages"]}

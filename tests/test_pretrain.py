@@ -97,3 +97,20 @@ def test_digit_loss_splits_the_answer_tokens_into_digits_and_the_rest():
     assert digits_known["digits"] < 1e-6 and digits_known["other"] == pytest.approx(math.log(len(tok)))
     tasks_without_digits = [{**t, "solution": "The answer is unknown."} for t in tasks]
     assert math.isnan(pretrain.digit_loss(Stub(len(tok), lambda token: False), tok, tasks_without_digits)["digits"])
+
+
+def test_pretraining_in_phases_counts_steps_on_and_skips_a_phase_of_no_epochs(tmp_path):
+    cfg = settings.load(REPO / "profiles" / "smoke.yaml")
+    tok = tiny_tokenizer()
+    singles = chat_corpus.single_turn(8, seed=0, tasks=cfg.tasks, exclude=set())  # 16 chats: 2 steps of 8
+    mix = chat_corpus.build(12, seed=0, tasks=cfg.tasks, exclude=set(), mix=cfg.base_student)  # 24 chats: 3 steps
+    model = base_model.build_model(tok, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                   intermediate_size=64, seed=0)
+    seen = []
+    history, probes = pretrain.pretrain_in_phases(
+        model, tok, [("single_turn", singles, 1), ("nothing", mix, 0), ("chat_mix", mix, 1)], str(tmp_path),
+        evaluate=lambda m: seen.append(1) or {"score": len(seen)}, eval_every=0, batch_size=8, lr=1e-3, seed=0,
+        checkpoint_steps=0, max_length=1024)
+    assert [p["step"] for p in probes] == [2, 5] and [p["score"] for p in probes] == [1, 2]  # each phase's end
+    assert {h["phase"] for h in history} == {"single_turn", "chat_mix"}
+    assert max(h["step"] for h in history if h["phase"] == "chat_mix") == 5

@@ -126,6 +126,7 @@ class BaseStudent(Section):
     num_kv_heads: PosInt
     intermediate_size: PosInt
     max_positions: PosInt
+    single_epochs: Annotated[float, Field(ge=0)]
     epochs: Positive
     batch_size: PosInt
     lr: Positive

@@ -111,6 +111,17 @@ def build(n_per_domain: int, seed: int, tasks: settings.Tasks, exclude: set[str]
     return datasets.Dataset.from_list(rows).shuffle(seed=seed)
 
 
+def single_turn(n_per_domain: int, seed: int, tasks: settings.Tasks, exclude: set[str],
+                code_max_steps: int | None = None) -> datasets.Dataset:
+    """Every problem of ``build``'s pools (same arguments, same problems) once as a one-turn chat: the cheap first
+    phase of pretraining (``base_student.single_epochs``), where the student learns to solve before it learns to
+    converse."""
+    rows = [{"messages": answered(task), "domain": domain, "kind": "single"}
+            for domain, pool in fresh_problems(n_per_domain, seed, tasks, exclude, code_max_steps).items()
+            for task in pool]
+    return datasets.Dataset.from_list(rows).shuffle(seed=seed)
+
+
 def preview(corpus: datasets.Dataset, max_turns: int = 3) -> list[dict]:
     """The first chat of each kind, one row per exchange (up to ``max_turns``): what a notebook shows."""
     firsts = {}

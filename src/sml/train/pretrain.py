@@ -93,6 +93,25 @@ def pretrain(model, tokenizer, train: datasets.Dataset, out_dir: str, *, epochs:
     return trainer.state.log_history
 
 
+def pretrain_in_phases(model, tokenizer, phases, out_dir: str, *, evaluate, eval_every: int, batch_size: int,
+                       lr: float, seed: int, checkpoint_steps: int, max_length: int) -> tuple[list[dict], list[dict]]:
+    """``pretrain`` on each ``(name, chats, epochs)`` of ``phases`` in turn (0 epochs: skipped), each with its own
+    schedule and checkpoints in ``out_dir/name``. Returns the log history (each entry marked with its ``phase``)
+    and the probes (``evaluate(model)`` every ``eval_every`` steps and at each phase's end), their steps counted
+    on across phases."""
+    history, probes, done = [], [], 0
+    for name, chats, epochs in phases:
+        if not epochs:
+            continue
+        callback = EvalCallback(evaluate, eval_every)
+        log = pretrain(model, tokenizer, chats, str(Path(out_dir) / name), epochs=epochs, batch_size=batch_size,
+                       lr=lr, seed=seed, callbacks=[callback], checkpoint_steps=checkpoint_steps, max_length=max_length)
+        history += [{**h, "step": h["step"] + done, "phase": name} for h in log if "step" in h]
+        probes += [{**h, "step": h["step"] + done} for h in callback.history]
+        done = max(h["step"] for h in history)
+    return history, probes
+
+
 @torch.no_grad()
 def digit_loss(model, tokenizer, tasks) -> dict:
     """The student's mean loss (nats per token) on the reference answers of ``tasks``, split into digit tokens
