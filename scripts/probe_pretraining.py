@@ -16,9 +16,6 @@ import torch
 from transformers import TrainerCallback
 
 from sml import settings
-from sml.dialogue.engine import run_dialogues
-from sml.dialogue.student import Student
-from sml.dialogue.teacher import ScriptedTeacher
 from sml.tasks.build import load_tasks
 from sml.train import base_model, pretrain
 from sml.train import corpus as chat_corpus
@@ -54,13 +51,10 @@ def main(argv=None) -> dict:
                                    num_heads=bs.num_heads, num_kv_heads=bs.num_kv_heads,
                                    intermediate_size=bs.intermediate_size, max_positions=bs.max_positions,
                                    seed=bs.seed)
-    greedy, start = cfg.dialogue.model_copy(update={"temperature": 0.0}), time.time()
+    start = time.time()
 
     def probe(m):
-        student = Student(m, tokenizer)
-        found = {f"greedy_sr1_{d}": sum(bool(x.solved_turn) for x in run_dialogues(
-            tasks, student, ScriptedTeacher(), greedy, max_turns=1, progress=False)) / len(tasks)
-            for d, tasks in dev.items()}
+        found = pretrain.greedy_success(m, tokenizer, dev, cfg.dialogue)
         print(json.dumps({**found, "minutes": round((time.time() - start) / 60, 1)}), flush=True)
         return found
 

@@ -165,8 +165,8 @@ def test_the_single_turn_phase_answers_each_problem_of_the_pools_once():
     drawn = toy_math.generate(60, 0, CFG.tasks.math_generator, CFG.tasks.math_min_terms, CFG.tasks.math_max_terms,
                               CFG.tasks.math_min_digits, CFG.tasks.math_max_digits)
     excluded = {t["prompt"] for t in drawn[:30]}
-    singles = chat_corpus.single_turn(30, seed=0, tasks=CFG.tasks, exclude=excluded)
     pools = chat_corpus.fresh_problems(30, 0, CFG.tasks, excluded)
+    singles = chat_corpus.single_turn(pools, seed=0)
     assert set(singles["kind"]) == {"single"} and all(len(chat) == 2 for chat in singles["messages"])
     for domain, pool in pools.items():
         asked = [chat[0]["content"] for chat, d in zip(singles["messages"], singles["domain"]) if d == domain]

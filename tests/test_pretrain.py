@@ -102,7 +102,7 @@ def test_digit_loss_splits_the_answer_tokens_into_digits_and_the_rest():
 def test_pretraining_in_phases_counts_steps_on_and_skips_a_phase_of_no_epochs(tmp_path):
     cfg = settings.load(REPO / "profiles" / "smoke.yaml")
     tok = tiny_tokenizer()
-    singles = chat_corpus.single_turn(8, seed=0, tasks=cfg.tasks, exclude=set())  # 16 chats: 2 steps of 8
+    singles = chat_corpus.single_turn(chat_corpus.fresh_problems(8, 0, cfg.tasks, set()), seed=0)  # 16: 2 steps of 8
     mix = chat_corpus.build(12, seed=0, tasks=cfg.tasks, exclude=set(), mix=cfg.base_student)  # 24 chats: 3 steps
     model = base_model.build_model(tok, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
                                    intermediate_size=64, seed=0)

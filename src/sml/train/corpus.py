@@ -104,21 +104,24 @@ def build(n_per_domain: int, seed: int, tasks: settings.Tasks, exclude: set[str]
           code_max_steps: int | None = None) -> datasets.Dataset:
     """The corpus: ``n_per_domain`` chats per domain (``mix``: ``settings.BaseStudent``'s shares and longest
     chat), shuffled, with columns ``messages``, ``domain`` and ``kind`` (single, multi, clarifying)."""
+    return from_pools(fresh_problems(n_per_domain, seed, tasks, exclude, code_max_steps), seed, mix)
+
+
+def from_pools(pools: dict[str, list[dict]], seed: int, mix) -> datasets.Dataset:
+    """``build``'s corpus from pools already drawn (``fresh_problems``): as many chats per domain as its pool
+    holds problems."""
     rng = random.Random(seed)
     rows = [{"messages": messages, "domain": domain, "kind": kind}
-            for domain, pool in fresh_problems(n_per_domain, seed, tasks, exclude, code_max_steps).items()
-            for kind, messages in chats(pool, n_per_domain, mix, rng)]
+            for domain, pool in pools.items() for kind, messages in chats(pool, len(pool), mix, rng)]
     return datasets.Dataset.from_list(rows).shuffle(seed=seed)
 
 
-def single_turn(n_per_domain: int, seed: int, tasks: settings.Tasks, exclude: set[str],
-                code_max_steps: int | None = None) -> datasets.Dataset:
-    """Every problem of ``build``'s pools (same arguments, same problems) once as a one-turn chat: the cheap first
-    phase of pretraining (``base_student.single_epochs``), where the student learns to solve before it learns to
-    converse."""
+def single_turn(pools: dict[str, list[dict]], seed: int) -> datasets.Dataset:
+    """Every problem of the pools (``fresh_problems``, as ``from_pools`` mixes them) once as a one-turn chat: the
+    cheap first phase of pretraining (``base_student.single_epochs``), where the student learns to solve before it
+    learns to converse."""
     rows = [{"messages": answered(task), "domain": domain, "kind": "single"}
-            for domain, pool in fresh_problems(n_per_domain, seed, tasks, exclude, code_max_steps).items()
-            for task in pool]
+            for domain, pool in pools.items() for task in pool]
     return datasets.Dataset.from_list(rows).shuffle(seed=seed)
 
 

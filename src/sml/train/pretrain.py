@@ -22,6 +22,9 @@ from transformers import TrainerCallback
 from trl import SFTTrainer
 
 from sml import resume
+from sml.dialogue.engine import run_dialogues
+from sml.dialogue.student import Student
+from sml.dialogue.teacher import ScriptedTeacher
 from sml.train.sft import chat, sft_config, uses_bf16
 
 
@@ -91,6 +94,15 @@ def pretrain(model, tokenizer, train: datasets.Dataset, out_dir: str, *, epochs:
                          processing_class=tokenizer, callbacks=resume.with_replay(callbacks))
     resume.train(trainer, out_dir if checkpoint_steps else None)
     return trainer.state.log_history
+
+
+def greedy_success(model, tokenizer, tasks_by_domain: dict, dialogue) -> dict:
+    """The pretraining probe: per domain, the share of ``tasks_by_domain[domain]`` that ``model`` solves in one
+    greedy turn (``greedy_sr1_<domain>``), under the scripted teacher and ``dialogue``'s other settings."""
+    student, greedy = Student(model, tokenizer), dialogue.model_copy(update={"temperature": 0.0})
+    return {f"greedy_sr1_{domain}": sum(bool(d.solved_turn) for d in run_dialogues(
+                tasks, student, ScriptedTeacher(), greedy, max_turns=1, progress=False)) / len(tasks)
+            for domain, tasks in tasks_by_domain.items()}
 
 
 def pretrain_in_phases(model, tokenizer, phases, out_dir: str, *, evaluate, eval_every: int, batch_size: int,
