@@ -45,7 +45,8 @@ def main(argv=None) -> dict:
     dev = {d: (t := load_tasks(args.task_dir, src, "dev")).select(range(min(100, len(t)))) for d, src in SOURCES.items()}
     exclude = {p for src in SOURCES.values() for split in ("train", "dev", "eval")
                for p in load_tasks(args.task_dir, src, split)["prompt"]}
-    corpus = chat_corpus.build(bs.n_pretrain, bs.seed + 1, cfg.tasks, exclude, mix=bs, code_max_steps=bs.code_max_steps)
+    corpus = chat_corpus.build(bs.n_pretrain, bs.seed + 1, cfg.tasks, exclude, mix=bs, code_max_steps=bs.code_max_steps,
+                                math_max_terms=bs.math_max_terms)
     tokenizer = base_model.train_tokenizer((m["content"] for ms in corpus["messages"] for m in ms), bs.vocab_size)
     model = base_model.build_model(tokenizer, hidden_size=bs.hidden_size, num_layers=bs.num_layers,
                                    num_heads=bs.num_heads, num_kv_heads=bs.num_kv_heads,

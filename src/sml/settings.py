@@ -119,6 +119,7 @@ class BaseStudent(Section):
     clarify_share: Proportion
     max_chat_turns: PosInt
     code_max_steps: Annotated[int, Field(ge=1, le=6)]
+    math_max_terms: Annotated[int, Field(ge=2, le=12)]
     vocab_size: Annotated[int, Field(ge=300, le=65536)]
     hidden_size: PosInt
     num_layers: PosInt

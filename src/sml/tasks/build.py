@@ -21,12 +21,15 @@ TOY = ("toy_math", "toy_code")
 EVAL_ONLY = ("humaneval", "livecodebench", "lost_in_conversation")  # benchmarks: never trained on
 
 
-def toy_tasks(source: str, n: int, seed: int, tasks: settings.Tasks, code_max_steps: int | None = None) -> list[dict]:
+def toy_tasks(source: str, n: int, seed: int, tasks: settings.Tasks, code_max_steps: int | None = None,
+              math_max_terms: int | None = None) -> list[dict]:
     """``n`` tasks of a toy source at the difficulty ``tasks`` (params.yaml's section) sets; code pipelines run
-    up to ``code_max_steps`` steps where that is more than ``tasks.code_max_steps``."""
+    up to ``code_max_steps`` steps where that is more than ``tasks.code_max_steps``, and expressions up to
+    ``math_max_terms`` terms where that is more than ``tasks.math_max_terms``."""
     if source == "toy_math":
-        return toy_math.generate(n, seed, tasks.math_generator, tasks.math_min_terms, tasks.math_max_terms,
-                                 tasks.math_min_digits, tasks.math_max_digits)
+        return toy_math.generate(n, seed, tasks.math_generator, tasks.math_min_terms,
+                                 max(math_max_terms or 0, tasks.math_max_terms), tasks.math_min_digits,
+                                 tasks.math_max_digits)
     return toy_code.generate(n, seed, tuple(as_list(tasks.code_families)), tasks.code_min_steps,
                              max(code_max_steps or 0, tasks.code_max_steps), tasks.code_n_tests)
 

@@ -35,15 +35,16 @@ _NUMBER = re.compile(r"(?<![\w.])\d+(?!\w)")  # a whole unsigned number: "-59" k
 
 
 def fresh_problems(n_per_domain: int, seed: int, tasks: settings.Tasks, exclude: set[str],
-                   code_max_steps: int | None = None) -> dict[str, list[dict]]:
+                   code_max_steps: int | None = None, math_max_terms: int | None = None) -> dict[str, list[dict]]:
     """``n_per_domain`` problems per domain from the task generators at the difficulty ``tasks`` sets, none
     with a prompt in ``exclude``.
 
     ``code_max_steps`` lets the corpus include longer code pipelines than the task sets: the 1-2 step
     space holds only ~3,500 distinct programs and the task sets use most of them, so longer pipelines
-    teach the same word -> line mapping without repeating any task."""
-    draw = 2 * n_per_domain + len(exclude)
-    drawn = {"math": toy_tasks("toy_math", draw, seed, tasks),
+    teach the same word -> line mapping without repeating any task. ``math_max_terms`` does the same for
+    math: 1-digit sums of 2-3 terms number ~3,900, most of them in the task sets."""
+    draw = n_per_domain + len(exclude)  # distinct problems: enough even if every excluded prompt is among them
+    drawn = {"math": toy_tasks("toy_math", draw, seed, tasks, math_max_terms=math_max_terms),
              "code": toy_tasks("toy_code", draw, seed, tasks, code_max_steps)}
     pools = {}
     for domain, tasks in drawn.items():
@@ -101,10 +102,10 @@ def chats(pool: list[dict], n: int, mix, rng: random.Random) -> list[tuple[str, 
 
 
 def build(n_per_domain: int, seed: int, tasks: settings.Tasks, exclude: set[str], mix,
-          code_max_steps: int | None = None) -> datasets.Dataset:
+          code_max_steps: int | None = None, math_max_terms: int | None = None) -> datasets.Dataset:
     """The corpus: ``n_per_domain`` chats per domain (``mix``: ``settings.BaseStudent``'s shares and longest
     chat), shuffled, with columns ``messages``, ``domain`` and ``kind`` (single, multi, clarifying)."""
-    return from_pools(fresh_problems(n_per_domain, seed, tasks, exclude, code_max_steps), seed, mix)
+    return from_pools(fresh_problems(n_per_domain, seed, tasks, exclude, code_max_steps, math_max_terms), seed, mix)
 
 
 def from_pools(pools: dict[str, list[dict]], seed: int, mix) -> datasets.Dataset:
