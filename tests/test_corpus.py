@@ -83,6 +83,25 @@ def test_the_corpus_never_shows_feedback(built):
                 assert not JUDGEMENT.search(message["content"]), f"a correction by the assistant: {message['content']!r}"
 
 
+def test_context_before_a_request_never_judges_and_the_request_follows_it_whole():
+    """``base_student.context_share``: requests open with sentences about the asker, at about that share, and
+    the rest of the message is the pool's request as it was; none of it is feedback (the checks above), and a
+    share of 0 adds none."""
+    with_context = build(n=150, context_share=0.5)
+    test_the_corpus_never_shows_feedback(with_context)
+    context = re.compile("|".join(re.escape(c).replace(re.escape("{n}"), r"\d+") for c in chat_corpus.CONTEXT))
+    opened = 0
+    requests = [m["content"] for chat, kind in zip(with_context["messages"], with_context["kind"]) if kind != "clarifying"
+                for m in chat if m["role"] == "user"]
+    for request in requests:
+        bare = re.sub(rf"^(?:(?:{context.pattern}) )+", "", request)
+        assert bare.startswith(("Calculate", "Write a Python function")), request
+        opened += bare != request
+    assert opened / len(requests) == pytest.approx(0.5, abs=0.08)
+    for chat in build(n=60)["messages"]:
+        assert not any(context.match(m["content"]) for m in chat)
+
+
 def test_every_answer_is_a_fresh_answer_to_a_new_request(built):
     """No retry, no correction: within a chat no request recurs and no answer is given twice, and every user
     turn after an answer is a new problem (in a clarifying chat, the supplied detail comes before any answer)."""

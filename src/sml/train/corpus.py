@@ -11,6 +11,9 @@ generators under another seed, with every task-set prompt removed), in three kin
   tasks look different: their first message states an intent with no expression at all, and their details
   come as "Step k: ...", so this teaches asking for a missing detail without rehearsing the sharded tasks.
 
+With ``context_share``, a request may open with a sentence or three about the asker ("This one is from my
+homework."), as requests to an instruct model do.
+
 No chat judges, corrects or repeats an answer: every user turn after an answer is a new problem
 (``tests/test_corpus.py`` proves it on the built corpus, against the teacher's own sentences).
 """
@@ -31,6 +34,12 @@ from .sft import answer_of
 PLACEHOLDERS = ("n", "k", "m")
 ASK = ("What is {v}?", "What value should I use for {v}?", "Which number is {v}?")
 SUPPLY = ("{v} is {x}.", "Use {v} = {x}.", "Take {v} to be {x}.")
+# context an asker may give before a request: about themselves, never about an answer
+CONTEXT = ("I am working through a practice sheet.", "This one is from my homework.", "Here is another problem.",
+           "A friend sent me this one.", "I am studying for a test next week.", "This is question {n} on my list.",
+           "I have {n} more of these to do today.", "We covered this in class on day {n}.", "I found this in a book.",
+           "My study group has {n} people.", "I took this from chapter {n} of my notes.",
+           "Please help me with the next one.", "I would like to see how this is done.")
 _NUMBER = re.compile(r"(?<![\w.])\d+(?!\w)")  # a whole unsigned number: "-59" keeps its sign as text
 
 
@@ -84,20 +93,35 @@ def chat_kind(rng: random.Random, mix) -> str:
     return "single" if draw < mix.single_share else "clarifying" if draw < mix.single_share + mix.clarify_share else "multi"
 
 
+def with_context(chat: list[dict], share: float, rng: random.Random) -> list[dict]:
+    """Each request of ``chat`` opened, with chance ``share``, by one to three sentences of context about the
+    asker (``CONTEXT``): an instruct model reads past what comes before a request. No sentence judges anything."""
+    if not share:  # no draw at all, so the corpus of share 0 is the corpus without this option
+        return chat
+    out = []
+    for message in chat:
+        if message["role"] == "user" and rng.random() < share:
+            context = [rng.choice(CONTEXT).format(n=rng.randint(2, 30)) for _ in range(rng.randint(1, 3))]
+            message = {**message, "content": " ".join(context + [message["content"]])}
+        out.append(message)
+    return out
+
+
 def chats(pool: list[dict], n: int, mix, rng: random.Random) -> list[tuple[str, list[dict]]]:
     """``n`` chats of the kinds ``mix`` shares out (``settings.BaseStudent``), problems drawn from ``pool`` (a
     problem may recur across chats, never within one); a clarifying draw on a problem without a number falls
-    back to a single chat."""
+    back to a single chat. Requests of single and multi chats open with context at ``mix.context_share``."""
     out = []
     for _ in range(n):
         kind = chat_kind(rng, mix)
         if kind == "multi":
             k = rng.randint(2, min(mix.max_chat_turns, len(pool)))
-            out.append((kind, multi_chat(rng.sample(pool, k))))
+            out.append((kind, with_context(multi_chat(rng.sample(pool, k)), mix.context_share, rng)))
             continue
         task = rng.choice(pool)
         clarifying = clarifying_chat(task, rng) if kind == "clarifying" else None
-        out.append(("clarifying", clarifying) if clarifying else ("single", answered(task)))
+        out.append(("clarifying", clarifying) if clarifying else
+                   ("single", with_context(answered(task), mix.context_share, rng)))
     return out
 
 
