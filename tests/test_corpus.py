@@ -3,6 +3,7 @@ no correction. The base must be a fluent chat model that has never seen feedback
 of feedback is what SML changes (paper premise). And it holds the mix a miniature instruct model needs: chats
 as long as an evaluation, a few clarifying exchanges unlike the sharded tasks, no task-set prompt."""
 
+import json
 import random
 import re
 from collections import Counter
@@ -191,3 +192,15 @@ def test_the_single_turn_phase_answers_each_problem_of_the_pools_once():
         asked = [chat[0]["content"] for chat, d in zip(singles["messages"], singles["domain"]) if d == domain]
         assert sorted(asked) == sorted(t["prompt"] for t in pool)
     assert not excluded & {chat[0]["content"] for chat in singles["messages"]}
+
+
+def test_the_pools_may_hold_longer_sums_than_the_task_sets():
+    """``base_student.math_max_terms``: 1-digit chain sums of 2-3 terms number ~3,900, most of them in the task
+    sets, so the corpus may draw sums of up to 4 terms; none is a task-set prompt."""
+    small = CFG.tasks.model_copy(update={"math_generator": "chain_sum", "math_max_digits": 1})
+    task_sets = toy_math.generate(200, 0, "chain_sum", 2, 3, 1, 1)
+    excluded = {t["prompt"] for t in task_sets}
+    pools = chat_corpus.fresh_problems(300, 0, small, excluded, math_max_terms=4)
+    terms = Counter(json.loads(t["metadata"])["num_terms"] for t in pools["math"])
+    assert max(terms) == 4 and min(terms) >= 2 and not excluded & {t["prompt"] for t in pools["math"]}
+    assert max(json.loads(t["metadata"])["num_terms"] for t in chat_corpus.fresh_problems(300, 0, small, excluded)["math"]) == 3
