@@ -160,6 +160,23 @@ def test_a_value_changed_in_a_settings_file_reaches_the_notebook(tmp_path, capsy
     assert cfg.online_sml.steps == 7 and "  steps: 7" in capsys.readouterr().out  # the executed notebook shows it
 
 
+def test_every_stage_sets_its_torch_threads_on_purpose(tmp_path):
+    """``student.threads``: the notebook's process runs with that many torch threads, or one per core at 0."""
+    import os
+
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        for threads, expected in ((1, 1), (0, len(os.sched_getaffinity(0)))):
+            profile = tmp_path / "threads.yaml"
+            profile.write_text(f"student.threads: {threads}\n")
+            settings.for_notebook({"settings_file": str(profile), "out_root": "runs/x"}, "student")
+            assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("changes, expected", [
     ({"stpes": 3}, "stpes (notebook parameter): unknown"),
     ({"seed": -1}, "seed (notebook parameter): must be >= 0, got -1"),

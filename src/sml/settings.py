@@ -139,6 +139,7 @@ class BaseStudent(Section):
 class Student(Section):
     model: Name
     dtype: Literal["float32", "bfloat16", "float16", "auto"]
+    threads: Count
 
 
 class Generation(Section):
@@ -467,8 +468,21 @@ def for_notebook(namespace: dict, *sections: str, local: tuple[str, ...] = ()) -
     cfg = load(repo_root() / given["settings_file"])  # papermill runs in the repository, Jupyter in notebooks/
     if "online_sml" in sections and cfg.generation.grpo == "vllm" and (problem := missing("vllm", "vllm", "")):
         raise ValueError(f"generation.grpo 'vllm' {problem.strip()}")  # GRPO's notebooks: before any model loads
-    print(f"# {given['settings_file']}, as read\n{cfg.show(*sections)}")
+    threads = use_threads(cfg.student.threads)
+    print(f"# {given['settings_file']}, as read ({threads} torch threads)\n{cfg.show(*sections)}")
     return cfg
+
+
+def use_threads(threads: int) -> int:
+    """Set torch's CPU threads for this process, on purpose rather than by torch's default: ``threads``, or one
+    per core when 0. Stages run one at a time, so each takes every core (benchmarks/threads.py, docs/speed.md)."""
+    import os
+
+    import torch
+
+    count = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
+    torch.set_num_threads(count)
+    return count
 
 
 def main(argv=None) -> int:
