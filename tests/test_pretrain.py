@@ -67,6 +67,21 @@ def test_the_pretraining_probe_script_reports_probes_and_digit_losses(tmp_path):
     assert (tmp_path / "out" / "model" / "tokenizer.json").exists()
 
 
+def test_a_world_attempt_runs_tasks_and_base_student_into_its_own_folder(tmp_path, capsys):
+    """scripts/world_attempt.py: notebooks 01 and 02 under a settings file, into OUT/<its stem>, ending on the
+    calibration's verdicts; every attempt's settings file in profiles/world/ is valid over params.yaml."""
+    import importlib.util
+    for attempt in sorted((REPO / "profiles" / "world").glob("*.yaml")):
+        settings.load(attempt)
+    spec = importlib.util.spec_from_file_location("world_attempt", REPO / "scripts" / "world_attempt.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    metrics = script.main([str(REPO / "profiles" / "smoke.yaml"), "--out", str(tmp_path)])
+    assert (tmp_path / "smoke" / "02_base_student.ipynb").exists()
+    assert {"sr1_ok_math", "well_formed_ok_code", "feedback_below_retry_math"} <= set(metrics)
+    assert "sr1_ok_math: " in capsys.readouterr().out
+
+
 class Stub:
     """A causal LM stand-in with fixed next-token logits: sure of the token that actually comes next where
     ``sure(token)`` holds, uniform over the vocabulary elsewhere."""

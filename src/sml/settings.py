@@ -469,7 +469,7 @@ def for_notebook(namespace: dict, *sections: str, local: tuple[str, ...] = ()) -
     if "online_sml" in sections and cfg.generation.grpo == "vllm" and (problem := missing("vllm", "vllm", "")):
         raise ValueError(f"generation.grpo 'vllm' {problem.strip()}")  # GRPO's notebooks: before any model loads
     threads = use_threads(cfg.student.threads)
-    print(f"# {given['settings_file']}, as read ({threads} torch threads)\n{cfg.show(*sections)}")
+    print(f"# {given['settings_file']}, as read (torch threads: {threads})\n{cfg.show(*sections)}")
     return cfg
 
 
