@@ -283,8 +283,13 @@ def main(argv=None) -> dict:
     if args.grpo_steps:
         result.update(grpo_vs_trl(student, load_tasks(args.tasks, args.source, "train"), steps=args.grpo_steps,
                                   turns=args.turns, max_new_tokens=args.max_new_tokens))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return report(result, args.out)
+
+
+def report(result: dict, out: str) -> dict:
+    """Write a benchmark's ``result`` to ``out`` as JSON, show it, and return it."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return result
 

@@ -15,12 +15,12 @@ throughputs measured in the same run (the machines are shared and noisy).
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import statistics
 import time
-from pathlib import Path
+
+from .bench import report
 
 
 def _work(kind: str, model: str, task_dir: str, share: int, threads: int, seed: int, queue) -> None:
@@ -98,10 +98,7 @@ def main(argv=None) -> dict:
                         "unit": "student tokens/s" if kind == "generation" else "training steps/s (batch 16)"}
     result["setup"] = {"cores": args.cores, "dialogues": args.dialogues, "steps": args.steps,
                        "repeats": args.repeats, "model": args.model}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    return result
+    return report(result, args.out)
 
 
 if __name__ == "__main__":
