@@ -97,3 +97,28 @@ def test_grpo_vs_trl_compares_steps_at_equal_completion_tokens(student):
                                                            rel=0.1)
     # TRL's single-turn completions are forced to the length our student sampled per conversation
     assert grpo["trl_completion_tokens"] == grpo["sampled_tokens_per_conversation"] > 0
+
+
+def test_the_thread_benchmark_compares_both_layouts_on_the_same_work(tmp_path):
+    """benchmarks/threads.py, at tiny sizes: both kinds of work, both layouts, a ratio of throughputs."""
+    import json
+
+    from benchmarks import threads
+    from sml import settings
+    from sml.tasks.build import build
+
+    tokenizer = tiny_tokenizer()
+    tiny_model(tokenizer).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    from pathlib import Path
+
+    cfg = settings.load(Path(__file__).resolve().parents[1] / "profiles" / "smoke.yaml")
+    build(cfg.tasks.model_copy(update={"sources": "toy_math"}), tmp_path / "tasks")
+    result = threads.main(["--model", str(tmp_path / "model"), "--tasks", str(tmp_path / "tasks"), "--cores", "2",
+                           "--dialogues", "4", "--steps", "2", "--repeats", "1", "--out", str(tmp_path / "t.json")])
+    for kind in ("generation", "training"):
+        measured = result[kind]
+        assert measured["one_process_2_threads"] > 0 and measured["2_processes_1_thread"] > 0
+        assert measured["processes_vs_threads"] == pytest.approx(
+            measured["2_processes_1_thread"] / measured["one_process_2_threads"], rel=0.01)
+    assert json.loads((tmp_path / "t.json").read_text()) == result
