@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import statistics
 import time
 
-from .bench import report
+from sml.settings import cores
+
+from .bench import engine_settings, report, student_tokens
 
 
 def _work(kind: str, model: str, task_dir: str, share: int, threads: int, seed: int, queue) -> None:
@@ -32,8 +33,6 @@ def _work(kind: str, model: str, task_dir: str, share: int, threads: int, seed: 
     from sml.dialogue.student import Student
     from sml.dialogue.teacher import ScriptedTeacher
     from sml.tasks.build import load_tasks
-
-    from .bench import engine_settings, student_tokens
 
     student = Student.load(model, dtype="float32")
     tasks = list(load_tasks(task_dir, "toy_math", "train"))
@@ -78,7 +77,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models/base_student")
     parser.add_argument("--tasks", default="data/tasks")
-    parser.add_argument("--cores", type=int, default=os.cpu_count())
+    parser.add_argument("--cores", type=int, default=cores())
     parser.add_argument("--dialogues", type=int, default=128, help="generation work, shared by the processes")
     parser.add_argument("--steps", type=int, default=16, help="training work, shared by the processes")
     parser.add_argument("--repeats", type=int, default=3)

@@ -473,14 +473,19 @@ def for_notebook(namespace: dict, *sections: str, local: tuple[str, ...] = ()) -
     return cfg
 
 
-def use_threads(threads: int) -> int:
-    """Set torch's CPU threads for this process, on purpose rather than by torch's default: ``threads``, or one
-    per core when 0. Stages run one at a time, so each takes every core (benchmarks/threads.py, docs/speed.md)."""
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform tells it)."""
     import os
 
+    return (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
+
+
+def use_threads(threads: int) -> int:
+    """Set torch's CPU threads for this process, on purpose rather than by torch's default: ``threads``, or one
+    per core when 0. Stages run one at a time, so each takes every core (benchmarks/threads.py, docs/pipeline.md)."""
     import torch
 
-    count = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
+    count = threads or cores()
     torch.set_num_threads(count)
     return count
 
