@@ -161,7 +161,7 @@ def test_a_value_changed_in_a_settings_file_reaches_the_notebook(tmp_path, capsy
 
 
 def test_every_stage_sets_its_torch_threads_on_purpose(tmp_path):
-    """``student.threads``: the notebook's process runs with that many torch threads, or one per core at 0."""
+    """``machine.threads``: the notebook's process runs with that many torch threads, or one per core at 0."""
     import os
 
     import torch
@@ -170,7 +170,7 @@ def test_every_stage_sets_its_torch_threads_on_purpose(tmp_path):
     try:
         for threads, expected in ((1, 1), (0, len(os.sched_getaffinity(0)))):
             profile = tmp_path / "threads.yaml"
-            profile.write_text(f"student.threads: {threads}\n")
+            profile.write_text(f"machine.threads: {threads}\n")
             settings.for_notebook({"settings_file": str(profile), "out_root": "runs/x"}, "student")
             assert torch.get_num_threads() == expected
     finally:

@@ -139,6 +139,10 @@ class BaseStudent(Section):
 class Student(Section):
     model: Name
     dtype: Literal["float32", "bfloat16", "float16", "auto"]
+
+
+class Machine(Section):
+    """How a stage runs, not what it computes: no stage declares this section, so changing it reruns nothing."""
     threads: Count
 
 
@@ -249,7 +253,7 @@ class Diagnostic(Section):
 
 
 SECTIONS: dict[str, type[Section]] = {
-    "tasks": Tasks, "base_student": BaseStudent, "student": Student, "generation": Generation,
+    "tasks": Tasks, "base_student": BaseStudent, "student": Student, "machine": Machine, "generation": Generation,
     "resume": Resume, "dialogue": Dialogue, "teacher": Teacher, "evaluation": Evaluation, "train": Train,
     "finetune": Finetune, "offline_sml": OfflineSML, "online_sml": OnlineSML, "st_rl": STRL,
     "q_priming": QPriming, "classifier": Classifier, "diagnostic": Diagnostic,
@@ -468,7 +472,7 @@ def for_notebook(namespace: dict, *sections: str, local: tuple[str, ...] = ()) -
     cfg = load(repo_root() / given["settings_file"])  # papermill runs in the repository, Jupyter in notebooks/
     if "online_sml" in sections and cfg.generation.grpo == "vllm" and (problem := missing("vllm", "vllm", "")):
         raise ValueError(f"generation.grpo 'vllm' {problem.strip()}")  # GRPO's notebooks: before any model loads
-    threads = use_threads(cfg.student.threads)
+    threads = use_threads(cfg.machine.threads)
     print(f"# {given['settings_file']}, as read (torch threads: {threads})\n{cfg.show(*sections)}")
     return cfg
 
