@@ -78,10 +78,12 @@ class Decoder:
         self.turn: list[list[int] | None] = [None] * slots  # the tokens of each writing slot's turn; None: idle
         self.uniforms = torch.zeros((slots, max_new_tokens))
         self.queue: list[tuple[object, list[int], torch.Tensor]] = []
+        self.returning = 0  # queued turns whose conversation holds a slot (after an admission, none: they joined)
         self.logits = None  # each slot's next-token logits
 
     def add(self, key, prompt: list[int], stream: torch.Generator | None = None) -> None:
         self.queue.append((key, prompt, torch.rand(self.max_new_tokens, generator=stream)))
+        self.returning += key in self.slot_of
 
     def release(self, key) -> None:
         """The conversation is over: its slot takes others (its cache stays, for a new prompt that shares it)."""
@@ -104,7 +106,7 @@ class Decoder:
 
     @torch.no_grad()
     def step(self) -> list[tuple[object, list[int], bool]]:
-        ready = sum(key in self.slot_of for key, *_ in self.queue) + self.owner.count(None)
+        ready = self.returning + self.owner.count(None)  # a count, not a scan: the queue may hold thousands
         if self.queue and self.worth(min(ready, len(self.queue))):
             self._admit()
         writing = [s for s, t in enumerate(self.turn) if t is not None]
@@ -151,16 +153,17 @@ class Decoder:
     def _admit(self) -> None:
         """Prefill the queued turns that have a slot or find a free one, in one forward pass (left-padded)."""
         joining, waiting = [], []
+        free = [s for s, key in enumerate(self.owner) if key is None][::-1]  # the lowest first, from the end
         for key, prompt, uniforms in self.queue:
             slot = self.slot_of.get(key)
-            if slot is None and None in self.owner:
-                slot = self.slot_of[key] = self.owner.index(None)
+            if slot is None and free:
+                slot = self.slot_of[key] = free.pop()
                 self.owner[slot] = key
             if slot is None:
                 waiting.append((key, prompt, uniforms))
             else:
                 joining.append((slot, prompt, uniforms))
-        self.queue = waiting
+        self.queue, self.returning = waiting, 0
         starts = []
         for slot, prompt, uniforms in joining:
             kept = _shared_prefix(self.ids[slot], prompt) if self.reuse else 0
