@@ -61,8 +61,9 @@ def test_interrupted_dialogues_resume_without_loss_or_repeats(student, tmp_path,
     assert kept == ["chunk-00000.jsonl", "chunk-00001.jsonl"]  # finished chunks only, no half-written file
 
     simulated = []
-    real = resume.run_dialogues
-    monkeypatch.setattr(resume, "run_dialogues", lambda chunk, *a, **k: simulated.append(len(chunk)) or real(chunk, *a, **k))
+    real = resume.run_groups
+    monkeypatch.setattr(resume, "run_groups",
+                        lambda chunks, *a, **k: simulated.extend(len(c.tasks) for c in chunks) or real(chunks, *a, **k))
     again = resume.dialogues(tasks, student, ScriptedTeacher(), DIALOGUE, seed=3, chunk_tasks=3, folder=tmp_path,
                              **ENGINE)
     assert simulated == [2]  # only the missing last chunk (8 = 3 + 3 + 2 tasks) ran again

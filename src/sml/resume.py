@@ -9,7 +9,9 @@ the result (the stage's parameters and its input files), so a changed setting or
 stale work; the stage deletes its work folder once its outputs are written.
 
 Resuming gives exactly the uninterrupted result: chunk ``k`` always samples with the same seed, and the
-trainer restores its random state with the checkpoint.
+trainer restores its random state with the checkpoint. Several groups of dialogues (an evaluation's cells)
+run together chunk by chunk: chunk ``k`` of every group in one engine run, each group's chunk written to
+its own folder.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import datasets
@@ -26,7 +29,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from sml import settings
-from sml.dialogue.engine import run_dialogues
+from sml.dialogue.engine import Group, run_groups
 from sml.evaluation import transcripts
 
 WORK = ".sml_work"
@@ -97,32 +100,55 @@ def dialogues(tasks, student, teacher, dialogue: settings.Dialogue, *, max_turns
     transcripts are written there as soon as the chunk is done, and chunks already there are read back
     instead of run: an interrupted call, run again with the same arguments, loses nothing and repeats
     nothing. The other arguments go to ``run_dialogues`` as they are."""
-    tasks = list(tasks)
-    size = chunk_tasks or max(1, len(tasks))
-    chunks = [tasks[i:i + size] for i in range(0, len(tasks), size)]
-    folder = Path(folder) if folder is not None else None
-    if folder is not None:
+    group = Group(list(tasks), max_turns, variant, samples_per_task, seed, classifier)
+    [data] = grouped_dialogues([group], student, teacher, dialogue, folders=[folder], chunk_tasks=chunk_tasks,
+                               progress=progress, judge=judge, inject=inject)
+    return data
+
+
+def grouped_dialogues(groups: list[Group], student, teacher, dialogue: settings.Dialogue, *, folders=None,
+                      chunk_tasks: int | None = None, progress: bool = True, judge=None,
+                      inject=None) -> list[datasets.Dataset]:
+    """``dialogues`` for several groups of dialogues (``engine.Group``) at once, one transcript dataset per
+    group; ``folders``: one per group (or None), as ``dialogues``' ``folder``. Chunk ``k`` of every group
+    runs in one engine run, sampling with the seed it has in ``dialogues`` (each chunk of each group its
+    own), so each group gets the dialogues ``dialogues`` gives it alone, and an interrupted call
+    resumes at the first chunk some group lacks."""
+    folders = [Path(f) if f is not None else None for f in folders or [None] * len(groups)]
+    for folder in filter(None, folders):
         folder.mkdir(parents=True, exist_ok=True)
-    records = []
-    for k, chunk in enumerate(tqdm(chunks, desc="chunks", unit="chunk", disable=not progress or len(chunks) < 2)):
-        path = folder / f"chunk-{k:05d}.jsonl" if folder is not None else None
-        if path is not None and path.exists():
-            records += _read_jsonl(path)
+    chunked = [_chunks(list(g.tasks), chunk_tasks or max(1, len(g.tasks))) for g in groups]
+    n_chunks = max(map(len, chunked), default=0)
+    records = [[] for _ in groups]
+    for k in tqdm(range(n_chunks), desc="chunks", unit="chunk", disable=not progress or n_chunks < 2):
+        todo = []  # (group index, its chunk's file or None, the chunk as a group)
+        for g, (group, chunks, folder) in enumerate(zip(groups, chunked, folders)):
+            path = folder / f"chunk-{k:05d}.jsonl" if folder is not None and k < len(chunks) else None
+            if path is not None and path.exists():
+                records[g] += _read_jsonl(path)
+            elif k < len(chunks):
+                todo.append((g, path, replace(group, tasks=chunks[k], seed=chunk_seed(group.seed, k))))
+        if not todo:
             continue
         try:
-            done = run_dialogues(chunk, student, teacher, dialogue, max_turns=max_turns, seed=chunk_seed(seed, k),
-                                 variant=variant, samples_per_task=samples_per_task, judge=judge, inject=inject,
-                                 classifier=classifier, progress=progress)
+            done = run_groups([chunk for *_, chunk in todo], student, teacher, dialogue, judge=judge, inject=inject,
+                              progress=progress)
         except Exception as e:
-            if path is None or not k:
+            if not k or all(path is None for _, path, _ in todo):
                 raise
-            raise RuntimeError(f"dialogues stopped in chunk {k + 1} of {len(chunks)} ({e}); the {len(records)} "
-                               f"dialogues of the first {k} chunk(s) are kept in {folder}: run again to resume") from e
-        rows = [transcripts.record(d, dialogue.gamma) for d in done]
-        if path is not None:
-            _write_jsonl(path, rows)
-        records += rows
-    return datasets.Dataset.from_list(records, features=transcripts.FEATURES)
+            kept = os.path.commonpath([str(f) for f in folders if f is not None])
+            raise RuntimeError(f"dialogues stopped in chunk {k + 1} of {n_chunks} ({e}); the {sum(map(len, records))} "
+                               f"dialogues of the first {k} chunk(s) are kept in {kept}: run again to resume") from e
+        for (g, path, _), run in zip(todo, done):
+            rows = [transcripts.record(d, dialogue.gamma) for d in run]
+            if path is not None:
+                _write_jsonl(path, rows)
+            records[g] += rows
+    return [datasets.Dataset.from_list(rows, features=transcripts.FEATURES) for rows in records]
+
+
+def _chunks(tasks: list, size: int) -> list[list]:
+    return [tasks[i:i + size] for i in range(0, len(tasks), size)]
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

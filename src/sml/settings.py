@@ -190,6 +190,7 @@ class Evaluation(Section):
     variants: _csv(*VARIANTS)
     math_source: MathSource
     code_source: CodeSource
+    cells_together: bool
 
 
 class Train(Section):
