@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import sections
 import torch
+from failing_teacher import FailingTeacher
 from tiny_models import tiny_model, tiny_tokenizer
 
 from sml import resume
@@ -90,19 +91,6 @@ def test_cells_run_together_give_each_cell_what_it_gets_alone(student, monkeypat
     assert len({turn for turns in solved for turn in turns}) >= 3  # solved at several turns (and some never)
     assert solved[0] != solved[1]  # the two seeds of a cell differ
 
-
-class FailingTeacher(ScriptedTeacher):
-    """The scripted teacher, until its ``fail_after``-th batch of replies: then it raises."""
-
-    def __init__(self, fail_after):
-        super().__init__()
-        self.fail_after, self.batches = fail_after, 0
-
-    def reply_batch(self, views):
-        self.batches += bool(views)
-        if self.batches > self.fail_after:
-            raise RuntimeError("teacher endpoint http://teacher/v1 failed after 4 attempts")
-        return super().reply_batch(views)
 
 
 def test_an_interrupted_batched_run_resumes_from_every_cells_finished_chunks(student, tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from sml.dialogue.student import Student
 from sml.tasks import toy_math
 from sml.dialogue.teacher import ScriptedTeacher
 from tiny_models import tiny_model, tiny_tokenizer
+from failing_teacher import FailingTeacher
 
 ENGINE = dict(max_turns=3, progress=False)
 DIALOGUE = sections.dialogue(gamma=0.7, max_new_tokens=12, temperature=1.5)
@@ -29,20 +30,6 @@ def tok():
 def student(tok):
     return Student(tiny_model(tok), tok)
 
-
-class FailingTeacher(ScriptedTeacher):
-    """The scripted teacher, until its ``fail_after``-th batch of replies: then it raises, like an endpoint
-    that went down."""
-
-    def __init__(self, fail_after):
-        super().__init__()
-        self.fail_after, self.batches = fail_after, 0
-
-    def reply_batch(self, views):
-        self.batches += bool(views)
-        if self.batches > self.fail_after:
-            raise RuntimeError("teacher endpoint http://teacher/v1 failed after 4 attempts")
-        return super().reply_batch(views)
 
 
 def test_one_chunk_is_exactly_an_unchunked_run(student):
