@@ -103,6 +103,28 @@ def test_context_before_a_request_never_judges_and_the_request_follows_it_whole(
         assert not any(context.match(m["content"]) for m in chat)
 
 
+def test_a_plain_request_to_solve_it_again_follows_an_answer_and_gets_the_same_problem_solved():
+    """``base_student.again_share``: in multi chats, an answer is followed, at about that share, by a plain
+    request from ``AGAIN`` (never with context before it) and the same problem's answer again; no judgement,
+    no teacher sentence (the checks above); chats stay within ``max_chat_turns``; a share of 0 adds none."""
+    again = build(n=150, again_share=0.5, context_share=0.3)
+    test_the_corpus_never_shows_feedback(again)
+    followed = answers = 0
+    for chat, kind in zip(again["messages"], again["kind"]):
+        assert assistant_turns(chat) <= CFG.base_student.max_chat_turns
+        for i, message in enumerate(chat):
+            if message["role"] == "user" and any(a in message["content"] for a in chat_corpus.AGAIN):
+                assert kind == "multi" and message["content"] in chat_corpus.AGAIN, message  # bare: no context
+                assert chat[i + 1]["content"] == chat[i - 1]["content"], chat  # that problem's answer, once more
+                assert chat[i - 2]["content"].endswith(("?", ".")) and chat[i - 2]["content"] not in chat_corpus.AGAIN
+            if kind == "multi" and message["role"] == "assistant" and i + 1 < len(chat) - 1:
+                answers += 1
+                followed += chat[i + 1]["content"] in chat_corpus.AGAIN
+    # half of the answers to a problem (room allowing), never the answer given again: about a third of all answers
+    assert followed / answers == pytest.approx(1 / 3, abs=0.1)
+    assert not any(m["content"] in chat_corpus.AGAIN for chat in build(n=60)["messages"] for m in chat)
+
+
 def test_every_answer_is_a_fresh_answer_to_a_new_request(built):
     """No retry, no correction: within a chat no request recurs and no answer is given twice, and every user
     turn after an answer is a new problem (in a clarifying chat, the supplied detail comes before any answer)."""

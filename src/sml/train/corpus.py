@@ -12,10 +12,12 @@ generators under another seed, with every task-set prompt removed), in three kin
   come as "Step k: ...", so this teaches asking for a missing detail without rehearsing the sharded tasks.
 
 With ``context_share``, a request may open with a sentence or three about the asker ("This one is from my
-homework."), as requests to an instruct model do.
+homework."), as requests to an instruct model do. With ``again_share``, a multi chat's answer may be followed
+by a plain request to solve that problem again ("Please solve it again."), answered afresh: a generic
+instruct skill that says nothing about the earlier answer.
 
-No chat judges, corrects or repeats an answer: every user turn after an answer is a new problem
-(``tests/test_corpus.py`` proves it on the built corpus, against the teacher's own sentences).
+No chat judges or corrects an answer: every user turn after an answer is a new problem or such a plain
+request (``tests/test_corpus.py`` proves it on the built corpus, against the teacher's own sentences).
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ CONTEXT = ("I am working through a practice sheet.", "This one is from my homewo
            "I have {n} more of these to do today.", "We covered this in class on day {n}.", "I found this in a book.",
            "My study group has {n} people.", "I took this from chapter {n} of my notes.",
            "Please help me with the next one.", "I would like to see how this is done.")
+# a plain request to solve the last problem again: no judgement of the answer, no hint of what to change
+AGAIN = ("Please solve it again.", "Can you do that one again?", "Show me that one once more.",
+         "Please work it out again, step by step.", "Could you go through it one more time?")
 _NUMBER = re.compile(r"(?<![\w.])\d+(?!\w)")  # a whole unsigned number: "-59" keeps its sign as text
 
 
@@ -69,9 +74,18 @@ def answered(task: dict) -> list[dict]:
     return [{"role": "user", "content": task["prompt"]}, {"role": "assistant", "content": answer_of(task)}]
 
 
-def multi_chat(tasks: list[dict]) -> list[dict]:
-    """Independent problems one after another; nothing is said about an earlier answer."""
-    return [message for task in tasks for message in answered(task)]
+def multi_chat(tasks: list[dict], again_share: float = 0.0, rng: random.Random | None = None,
+               max_turns: int | None = None) -> list[dict]:
+    """Independent problems one after another; nothing is said about an earlier answer. With ``again_share``,
+    an answer is followed, with that chance, by a plain request to solve the problem again (``AGAIN``) and the
+    answer once more, as long as the chat stays within ``max_turns`` answers."""
+    chat, room = [], (max_turns or len(tasks) * 2) - len(tasks)
+    for task in tasks:
+        chat += answered(task)
+        if again_share and room > 0 and rng.random() < again_share:
+            chat += [{"role": "user", "content": rng.choice(AGAIN)}, {"role": "assistant", "content": answer_of(task)}]
+            room -= 1
+    return chat
 
 
 def clarifying_chat(task: dict, rng: random.Random) -> list[dict] | None:
@@ -95,12 +109,13 @@ def chat_kind(rng: random.Random, mix) -> str:
 
 def with_context(chat: list[dict], share: float, rng: random.Random) -> list[dict]:
     """Each request of ``chat`` opened, with chance ``share``, by one to three sentences of context about the
-    asker (``CONTEXT``): an instruct model reads past what comes before a request. No sentence judges anything."""
+    asker (``CONTEXT``): an instruct model reads past what comes before a request. No sentence judges anything.
+    A request to solve the last problem again (``AGAIN``) is no new request: it gets none."""
     if not share:  # no draw at all, so the corpus of share 0 is the corpus without this option
         return chat
     out = []
     for message in chat:
-        if message["role"] == "user" and rng.random() < share:
+        if message["role"] == "user" and message["content"] not in AGAIN and rng.random() < share:
             context = [rng.choice(CONTEXT).format(n=rng.randint(2, 30)) for _ in range(rng.randint(1, 3))]
             message = {**message, "content": " ".join(context + [message["content"]])}
         out.append(message)
@@ -116,7 +131,8 @@ def chats(pool: list[dict], n: int, mix, rng: random.Random) -> list[tuple[str, 
         kind = chat_kind(rng, mix)
         if kind == "multi":
             k = rng.randint(2, min(mix.max_chat_turns, len(pool)))
-            out.append((kind, with_context(multi_chat(rng.sample(pool, k)), mix.context_share, rng)))
+            chat = multi_chat(rng.sample(pool, k), mix.again_share, rng, mix.max_chat_turns)
+            out.append((kind, with_context(chat, mix.context_share, rng)))
             continue
         task = rng.choice(pool)
         clarifying = clarifying_chat(task, rng) if kind == "clarifying" else None
