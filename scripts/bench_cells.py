@@ -4,9 +4,11 @@ and the full cells' retry comparators) run cell by cell (``retry_comparator`` th
 wall seconds and student tokens per second, the ratio, the decoder's forward passes (decode steps and
 prefills) and the attention work of its decode steps (rows x attended columns), and whether both gave the
 same SR@k rows. On a CPU a step costs about its attention work; on a GPU, about one step whatever its rows.
+With ``--workers N``, also cell by cell over N one-thread worker processes (``machine.workers``), against
+cell by cell in this process with ``--threads`` threads: run it with ``--threads N --workers N`` on N cores.
 
 Run: PYTHONPATH=src python scripts/bench_cells.py [--model models/base_student] [--tasks 64] [--seeds 3]
-     [--batch-size 256]
+     [--batch-size 256] [--threads 2 --workers 2]
 Without --model: a random model of base_student's size in params.yaml (~0.9M parameters) with a tokenizer
 trained on toy tasks (a random model writes every turn to max_new_tokens and never solves anything).
 """
@@ -30,6 +32,7 @@ parser.add_argument("--seeds", type=int, default=3)
 parser.add_argument("--repeats", type=int, default=1, help="alternated pairs of runs")
 parser.add_argument("--threads", type=int, default=1)
 parser.add_argument("--batch-size", type=int, default=0, help="dialogue.batch_size (default: params.yaml's)")
+parser.add_argument("--workers", type=int, default=0, help="also cell by cell over this many one-thread processes")
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
 
@@ -66,6 +69,11 @@ def per_cell():
 
 def batched():
     results = evaluate_cells(student, ScriptedTeacher(), plan, dialogue, **common)
+    return {key: (r.data, r.rows, r.retries) for key, r in results.items()}
+
+
+def apart():
+    results = evaluate_cells(student, ScriptedTeacher(), plan, dialogue, together=False, workers=args.workers, **common)
     return {key: (r.data, r.rows, r.retries) for key, r in results.items()}
 
 
@@ -114,3 +122,8 @@ for repeat in range(args.repeats):
           f"({tb / b:,.0f} tokens/s): speed-up x{a / b:.2f}; same SR@k rows: {same}", flush=True)
     print(f"  decode steps {pa['decode']:,} -> {pb['decode']:,}, prefills {pa['prefill']:,} -> {pb['prefill']:,}, "
           f"decode attention work {pa['work'] / 1e6:,.0f}M -> {pb['work'] / 1e6:,.0f}M row-columns", flush=True)
+    if args.workers > 1:
+        c, spread, _ = timed(apart)
+        same = all(cells[k][0].to_list() == spread[k][0].to_list() for k in plan)
+        print(f"  over {args.workers} one-thread workers {c:.1f} s ({student_tokens(spread) / c:,.0f} tokens/s): "
+              f"x{a / c:.2f} against per cell in this process; same transcripts: {same}", flush=True)

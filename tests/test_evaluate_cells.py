@@ -10,6 +10,7 @@ from failing_teacher import FailingTeacher
 from tiny_models import tiny_model, tiny_tokenizer
 
 from sml import resume
+from sml import workers as sml_workers
 from sml.dialogue.student import Student
 from sml.dialogue.teacher import ScriptedTeacher
 from sml.evaluation.evaluate import Cell, evaluate, evaluate_cells, retry_comparator
@@ -124,3 +125,41 @@ def _batches_of_first_chunk(student):
     cells = {key: Cell(cell.tasks[:CHUNK], cell.variant, cell.seed, cell.retries) for key, cell in plan().items()}
     evaluate_cells(student, teacher, cells, DIALOGUE, condition="base", train_domain="none", progress=False)
     return teacher.batches
+
+
+def test_worker_processes_give_each_cell_what_it_gets_in_this_process():
+    """``machine.workers``: cell by cell, the groups shared out over one-thread worker processes (spawned, the
+    student and teacher sent to them) come back as the same dialogues, in the same order, as in this process
+    (one torch thread here too, so that no sum is reordered)."""
+    tok = tiny_tokenizer()
+    student = Student(tiny_model(tok), tok, device="cpu")  # no hooks: it must travel to the workers
+    assert sml_workers.usable(student, 2, 12) and not sml_workers.usable(student, 1, 12)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        args = dict(condition="base", train_domain="none", together=False, chunk_tasks=CHUNK, progress=False)
+        here = evaluate_cells(student, ScriptedTeacher(), plan(), DIALOGUE, workers=1, **args)
+        apart = evaluate_cells(student, ScriptedTeacher(), plan(), DIALOGUE, workers=2, **args)
+    finally:
+        torch.set_num_threads(threads)
+    assert list(apart) == list(here)
+    for key, got in apart.items():
+        assert got.data.to_list() == here[key].data.to_list()
+        assert (got.retries is None) == (here[key].retries is None)
+        assert got.retries is None or got.retries.to_list() == here[key].retries.to_list()
+        pd.testing.assert_frame_equal(got.rows, here[key].rows)
+    assert len({str(got.data["messages"]) for got in apart.values()}) == len(apart)  # every cell its own
+
+
+class UnsendableTeacher(ScriptedTeacher):
+    def __init__(self):
+        super().__init__()
+        self.client = lambda text: text  # like an HTTP client: cannot be pickled to a worker
+
+
+def test_worker_processes_need_what_they_run_to_be_sendable():
+    tok = tiny_tokenizer()
+    student = Student(tiny_model(tok), tok, device="cpu")
+    with pytest.raises(ValueError, match=r"machine.workers: 2 worker processes need .*set machine.workers: 1"):
+        evaluate_cells(student, UnsendableTeacher(), plan(), DIALOGUE, condition="base", train_domain="none",
+                       together=False, workers=2, chunk_tasks=CHUNK, progress=False)

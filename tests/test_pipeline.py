@@ -90,8 +90,13 @@ def test_stages_pass_only_the_settings_file_and_declare_what_their_notebook_read
         passed = dict(re.findall(r"-p (\w+) (\S+)", cmd))
         assert passed.get("settings_file") == "params.yaml", f"stage {name}: pass -p settings_file params.yaml"
         assert set(passed) <= parameters_of(notebook), f"stage {name}: passes unknown {set(passed) - parameters_of(notebook)}"
+        # machine (threads, worker processes) says how a stage runs, never what it computes: no stage declares it,
+        # so changing it reruns nothing
+        assert "machine" not in {key.partition(".")[0] for key in declared_params}, f"stage {name} declares machine"
         for read in reads(notebook, passed.get("baseline")):
             section = read.split(".")[0]
+            if section == "machine":
+                continue
             # a section passed on whole (``cfg.dialogue``) may be read key by key: the stage declares all of it
             covered = section in declared_params or read in declared_params
             assert covered, f"stage {name}: {notebook.name} reads {read}: declare it in the stage's params"

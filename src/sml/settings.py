@@ -145,6 +145,7 @@ class Student(Section):
 class Machine(Section):
     """How a stage runs, not what it computes: no stage declares this section, so changing it reruns nothing."""
     threads: Count
+    workers: Count
 
 
 class Generation(Section):
@@ -484,6 +485,12 @@ def cores() -> int:
     import os
 
     return (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
+
+
+def worker_count(machine: Machine) -> int:
+    """``machine.workers``, or one per core when 0: how many one-thread processes share a stage's independent
+    groups of dialogues (``sml.workers``)."""
+    return machine.workers or cores()
 
 
 def use_threads(threads: int) -> int:

@@ -12,6 +12,7 @@ import datasets
 import pandas as pd
 
 from sml import resume, settings
+from sml import workers as sml_workers
 from sml.dialogue.engine import Group
 from sml.evaluation import transcripts
 # the student to evaluate, in-process or served (generation.eval): shared with data collection (sft.rollout_student)
@@ -73,14 +74,15 @@ class Evaluated:
 
 
 def evaluate_cells(student, teacher, cells: dict, dialogue: settings.Dialogue, *, condition: str, train_domain: str,
-                   together: bool = True, chunk_tasks: int | None = None, judge=None, classifier=None,
-                   progress: bool = True) -> dict:
+                   together: bool = True, workers: int = 1, chunk_tasks: int | None = None, judge=None,
+                   classifier=None, progress: bool = True) -> dict:
     """``{key: Cell}`` -> ``{key: Evaluated}``: every cell of one student (domains x variants x seeds) and
     their retry comparators, in one engine run (chunk ``k`` of every cell together, with ``chunk_tasks``):
     one batch for cells smaller than it, in far fewer forward passes. Each dialogue draws from its own stream, seeded by its
     cell's seed, so each cell gets what ``retry_comparator`` and ``evaluate`` give it alone (the same random
     draws: see ``sml.dialogue.engine`` on logits). ``together=False`` (``evaluation.cells_together``) runs the
-    same groups one engine run each: faster on a CPU, where a staggered batch attends over its longest dialogue."""
+    same groups one engine run each: faster on a CPU, where a staggered batch attends over its longest dialogue;
+    then ``workers`` (``machine.workers``) one-thread processes share them out (``sml.workers``)."""
     keys = {key: _keys(list(c.tasks), condition, train_domain, c.variant, c.seed) for key, c in cells.items()}
     retried = [key for key, cell in cells.items() if cell.retries]
     # the cells' dialogues first: the retries' one-turn tries then fill the slots that dialogues free towards the
@@ -92,6 +94,9 @@ def evaluate_cells(student, teacher, cells: dict, dialogue: settings.Dialogue, *
                progress=progress)
     if together:
         runs = resume.grouped_dialogues(groups, folders=folders, **run)
+    elif sml_workers.usable(student, workers, len(groups)):
+        runs = sml_workers.grouped_apart(groups, folders, workers, student=student, teacher=teacher, dialogue=dialogue,
+                                         chunk_tasks=chunk_tasks, judge=judge, progress=progress)
     else:  # one engine run per group: the same dialogues (own streams), but no staggered batch (faster on a CPU)
         runs = [resume.grouped_dialogues([group], folders=[folder], **run)[0] for group, folder in zip(groups, folders)]
     data, retries = dict(zip(cells, runs)), dict(zip(retried, runs[len(cells):]))
