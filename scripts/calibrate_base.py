@@ -28,6 +28,7 @@ teacher = make_teacher(cfg.teacher, out)
 scores, start = {}, time.time()
 for domain, source in (("math", "toy_math"), ("code", "toy_code")):
     found, _ = calibration.calibrate(student, teacher, load_tasks(out / "data" / "tasks", source, "dev"), cfg.dialogue,
+                                     workers=settings.worker_count(cfg.machine),
                                      domain=domain, seed=cfg.base_student.seed, progress=False)
     scores.update(found)
     print(calibration.summary(found, domain))

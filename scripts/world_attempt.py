@@ -4,7 +4,7 @@ checked against the fixed criteria before any SML is trained on it. The executed
 metrics/base_student.json land in OUT/NAME (NAME: the settings file's stem).
 
 Run: PYTHONPATH=src python scripts/world_attempt.py profiles/world/c2.yaml [--out runs/world]
-(the attempts' settings files are in profiles/world/; each sets machine.threads: 1, so two can share 2 cores.
+(the attempts' settings files are in profiles/world/; each sets machine.threads: 1 and machine.workers: 1, so two can share 2 cores.
 A teacher-side variant of a built base is checked with scripts/calibrate_base.py.)
 """
 import argparse

@@ -14,9 +14,10 @@ from tiny_models import ReplayStudent, tiny_model, tiny_tokenizer
 
 
 def scripted_student(tasks):
-    """Task 0: solved at once. The others: at turn 1 right only on every third sight of the prompt (so the
-    second of three fresh retries solves it, and the dialogue's turn 1, the fourth sight, does not); after
-    feedback, task 1 says something that is no answer, tasks 2 and 3 a well-formed wrong answer."""
+    """Task 0: solved at once. The others: at turn 1 right only on every third sight of the prompt. The
+    dialogue's turn 1 comes first (calibration runs the dialogues, then the retries) and fails; of the three
+    fresh retries after it, the second solves it. After feedback, task 1 says something that is no answer,
+    tasks 2 and 3 a well-formed wrong answer."""
     seen = Counter()
 
     def script(prompt):
@@ -24,7 +25,7 @@ def scripted_student(tasks):
         if prompt.count("<|im_start|>user") > 1:
             return "I do not know." if task is tasks[1] else "1 + 1 = 2\nThe answer is 999999."
         seen[task["id"]] += 1
-        right = task is tasks[0] or seen[task["id"]] % 3 == 2
+        right = task is tasks[0] or seen[task["id"]] % 3 == 0
         return task["solution"] if right else "1 + 1 = 2\nThe answer is 999999."
 
     tok = tiny_tokenizer()

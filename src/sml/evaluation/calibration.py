@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from sml import settings
 from sml.evaluation import transcripts
-from sml.evaluation.evaluate import evaluate, retry_comparator
+from sml.evaluation.evaluate import Cell, evaluate_cells
 
 SR1_RANGE = (0.2, 0.6)
 MIN_WELL_FORMED = 0.9
@@ -42,15 +42,17 @@ def criteria(scores: dict, domain: str) -> dict:
                                                < scores[f"solve_rate_after_retry_{domain}"])}
 
 
-def calibrate(student, teacher, tasks, dialogue: settings.Dialogue, *, domain: str, seed: int,
+def calibrate(student, teacher, tasks, dialogue: settings.Dialogue, *, domain: str, seed: int, workers: int = 1,
               progress: bool = True) -> tuple[dict, object]:
     """Feedback dialogues of up to ``dialogue.eval_turns`` student turns on ``tasks`` (full variant), and as
-    many independent one-turn tries of each (``retry_comparator``). Returns the calibration keys of ``domain``
-    (rates with Wilson intervals, then ``criteria``) and the dialogues' transcripts."""
+    many independent one-turn tries of each (the retry comparator), side by side over ``workers`` processes
+    (``sml.workers``). Returns the calibration keys of ``domain`` (rates with Wilson intervals, then
+    ``criteria``) and the dialogues' transcripts."""
     turns = dialogue.eval_turns
-    retries, _, _ = retry_comparator(student, teacher, tasks, dialogue, seed=seed, progress=progress)
-    data, _, _ = evaluate(student, teacher, tasks, dialogue, condition="base", train_domain="none", variant="full",
-                          seed=seed, retries=retries, progress=progress)
+    [cell] = evaluate_cells(student, teacher, {domain: Cell(tasks, "full", seed, retries=True)}, dialogue,
+                            condition="base", train_domain="none", together=False, workers=workers,
+                            progress=progress).values()
+    data, retries = cell.data, cell.retries
     counts = dict(zip(transcripts.COUNTS, transcripts.dialogue_counts(data).sum(0)))
     retry_solves, later_tries = transcripts.retry_counts(retries).sum(0)
     first_turn = [fs[0] for fs in data["well_formed"] if fs]
