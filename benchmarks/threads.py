@@ -91,8 +91,9 @@ def main(argv=None) -> dict:
         for _ in range(args.repeats):
             threaded.append(layout(kind, args.model, args.tasks, total, 1, args.cores))
             split.append(layout(kind, args.model, args.tasks, total, args.cores, 1))
-        result[kind] = {f"one_process_{args.cores}_threads": round(statistics.median(threaded), 2),
-                        f"{args.cores}_processes_1_thread": round(statistics.median(split), 2),
+        # four significant figures, not decimals: at tiny sizes a rate may be well below 1 (steps/s)
+        result[kind] = {f"one_process_{args.cores}_threads": float(f"{statistics.median(threaded):.4g}"),
+                        f"{args.cores}_processes_1_thread": float(f"{statistics.median(split):.4g}"),
                         "processes_vs_threads": round(statistics.median(s / t for s, t in zip(split, threaded)), 3),
                         "unit": "student tokens/s" if kind == "generation" else "training steps/s (batch 16)"}
     result["setup"] = {"cores": args.cores, "dialogues": args.dialogues, "steps": args.steps,
