@@ -29,11 +29,15 @@ def usable(student, workers: int, groups: int) -> bool:
 def grouped_apart(groups: list, folders: list, workers: int, *, student, teacher, dialogue, chunk_tasks=None,
                   judge=None, progress: bool = True) -> list:
     """``resume.grouped_dialogues`` of each group alone (its ``folder`` as there), the groups shared out over
-    ``workers`` spawned processes of one torch thread each, in order (the longest first, when they come so).
-    Returns one transcript dataset per group, in the groups' order (``progress``: a bar over finished groups)."""
+    ``workers`` spawned processes of one torch thread each, in order (the longest first, when they come so),
+    or run one after another in this process where workers are not ``usable``. Returns one transcript dataset
+    per group, in the groups' order (``progress``: a bar over finished groups)."""
+    run = dict(student=student, teacher=teacher, dialogue=dialogue, chunk_tasks=chunk_tasks, judge=judge)
+    if not usable(student, workers, len(groups)):
+        return [resume.grouped_dialogues([group], folders=[folder], progress=progress, **run)[0]
+                for group, folder in zip(groups, folders)]
     try:
-        shared = pickle.dumps(dict(student=student, teacher=teacher, dialogue=dialogue, chunk_tasks=chunk_tasks,
-                                   judge=judge))
+        shared = pickle.dumps(run)
     except (pickle.PicklingError, TypeError, AttributeError) as e:
         raise ValueError(f"machine.workers: {workers} worker processes need a student, teacher and judge that can "
                          f"be sent to them ({e}); set machine.workers: 1 to run in this process") from e

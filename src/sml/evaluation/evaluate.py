@@ -94,11 +94,8 @@ def evaluate_cells(student, teacher, cells: dict, dialogue: settings.Dialogue, *
                progress=progress)
     if together:
         runs = resume.grouped_dialogues(groups, folders=folders, **run)
-    elif sml_workers.usable(student, workers, len(groups)):
-        runs = sml_workers.grouped_apart(groups, folders, workers, student=student, teacher=teacher, dialogue=dialogue,
-                                         chunk_tasks=chunk_tasks, judge=judge, progress=progress)
     else:  # one engine run per group: the same dialogues (own streams), but no staggered batch (faster on a CPU)
-        runs = [resume.grouped_dialogues([group], folders=[folder], **run)[0] for group, folder in zip(groups, folders)]
+        runs = sml_workers.grouped_apart(groups, folders, workers, **run)
     data, retries = dict(zip(cells, runs)), dict(zip(retried, runs[len(cells):]))
     results = {}
     for key in cells:

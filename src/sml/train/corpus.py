@@ -79,7 +79,7 @@ def multi_chat(tasks: list[dict], again_share: float = 0.0, rng: random.Random |
     """Independent problems one after another; nothing is said about an earlier answer. With ``again_share``,
     an answer is followed, with that chance, by a plain request to solve the problem again (``AGAIN``) and the
     answer once more, as long as the chat stays within ``max_turns`` answers."""
-    chat, room = [], (max_turns or len(tasks) * 2) - len(tasks)
+    chat, room = [], (max_turns - len(tasks) if max_turns else len(tasks))  # answers left for repeats
     for task in tasks:
         chat += answered(task)
         if again_share and room > 0 and rng.random() < again_share:
