@@ -125,6 +125,34 @@ def test_a_plain_request_to_solve_it_again_follows_an_answer_and_gets_the_same_p
     assert not any(m["content"] in chat_corpus.AGAIN for chat in build(n=60)["messages"] for m in chat)
 
 
+def test_code_requests_may_end_with_examples_that_the_reference_solution_passes():
+    """``base_student.example_share``: code requests of single and multi chats end, at about that share, with one
+    or two examples ("For example, f(4) returns 7."), each true of the answer that follows; math requests and
+    clarifying chats get none; none of it is feedback (the checks above); a share of 0 adds none."""
+    shown = build(n=150, example_share=0.5, context_share=0.3)
+    test_the_corpus_never_shows_feedback(shown)
+    example = re.compile(r" (?:For example,|Examples:|So) (f\(.*\) returns .*)\.$")
+    ended = requests = 0
+    for chat, domain, kind in zip(shown["messages"], shown["domain"], shown["kind"]):
+        for request, answer in zip(chat[::2], chat[1::2]):
+            found = example.search(request["content"])
+            if domain == "math" or kind == "clarifying":
+                assert not found, request
+                continue
+            requests += 1
+            if not found:
+                continue
+            ended += 1
+            namespace = {}
+            exec(answer["content"].split("```python\n")[1].split("```")[0], namespace)
+            calls = found.group(1).split(" and ")
+            assert 1 <= len(calls) <= 2, request
+            for call in calls:
+                inputs, output = call.split(" returns ")
+                assert eval(inputs, namespace) == eval(output), (call, answer["content"])
+    assert ended / requests == pytest.approx(0.5, abs=0.08)
+    assert not any(example.search(m["content"]) for chat in build(n=60)["messages"] for m in chat)
+
 def test_every_answer_is_a_fresh_answer_to_a_new_request(built):
     """No retry, no correction: within a chat no request recurs and no answer is given twice, and every user
     turn after an answer is a new problem (in a clarifying chat, the supplied detail comes before any answer)."""

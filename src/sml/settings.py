@@ -119,6 +119,7 @@ class BaseStudent(Section):
     clarify_share: Proportion
     context_share: Proportion
     again_share: Proportion
+    example_share: Proportion
     max_chat_turns: PosInt
     code_max_steps: Annotated[int, Field(ge=1, le=6)]
     math_max_terms: Annotated[int, Field(ge=2, le=12)]

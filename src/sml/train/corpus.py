@@ -12,7 +12,9 @@ generators under another seed, with every task-set prompt removed), in three kin
   come as "Step k: ...", so this teaches asking for a missing detail without rehearsing the sharded tasks.
 
 With ``context_share``, a request may open with a sentence or three about the asker ("This one is from my
-homework."), as requests to an instruct model do. With ``again_share``, a multi chat's answer may be followed
+homework."), as requests to an instruct model do. With ``example_share``, a code request may end with one or two
+examples of what the function returns ("For example, f(4) returns 7."), as code requests often do (HumanEval's
+docstrings carry them); the examples are the problem's own tests, which the reference solution passes. With ``again_share``, a multi chat's answer may be followed
 by a plain request to solve that problem again ("Please solve it again."), answered afresh: a generic
 instruct skill that says nothing about the earlier answer.
 
@@ -45,6 +47,8 @@ CONTEXT = ("I am working through a practice sheet.", "This one is from my homewo
 # a plain request to solve the last problem again: no judgement of the answer, no hint of what to change
 AGAIN = ("Please solve it again.", "Can you do that one again?", "Show me that one once more.",
          "Please work it out again, step by step.", "Could you go through it one more time?")
+EXAMPLE = ("For example, {calls}.", "Examples: {calls}.", "So {calls}.")
+_TEST = re.compile(r"assert (f\(.*\)) == (.*)")  # a toy code test: assert f(<input>) == <output>
 _NUMBER = re.compile(r"(?<![\w.])\d+(?!\w)")  # a whole unsigned number: "-59" keeps its sign as text
 
 
@@ -69,19 +73,33 @@ def fresh_problems(n_per_domain: int, seed: int, tasks: settings.Tasks, exclude:
     return pools
 
 
-def answered(task: dict) -> list[dict]:
-    """A problem asked and answered fresh: the user's request, the worked answer."""
-    return [{"role": "user", "content": task["prompt"]}, {"role": "assistant", "content": answer_of(task)}]
+def answered(task: dict, example_share: float = 0.0, rng: random.Random | None = None) -> list[dict]:
+    """A problem asked and answered fresh: the user's request, the worked answer. A code request ends, with
+    chance ``example_share``, with examples from its tests (``with_examples``)."""
+    request = with_examples(task, rng) if example_share and task["domain"] == "code" and rng.random() < example_share \
+        else task["prompt"]
+    return [{"role": "user", "content": request}, {"role": "assistant", "content": answer_of(task)}]
+
+
+def with_examples(task: dict, rng: random.Random) -> str:
+    """The code request followed by one or two of its tests as examples ("For example, f(4) returns 7."):
+    what the function should return on an input, said before any answer, so it judges nothing."""
+    calls = [f"{m.group(1)} returns {m.group(2)}" for m in map(_TEST.fullmatch, task["tests"]) if m]
+    if not calls:
+        return task["prompt"]
+    shown = rng.sample(calls, min(len(calls), rng.randint(1, 2)))
+    return f"{task['prompt']} {rng.choice(EXAMPLE).format(calls=' and '.join(shown))}"
 
 
 def multi_chat(tasks: list[dict], again_share: float = 0.0, rng: random.Random | None = None,
-               max_turns: int | None = None) -> list[dict]:
+               max_turns: int | None = None, example_share: float = 0.0) -> list[dict]:
     """Independent problems one after another; nothing is said about an earlier answer. With ``again_share``,
     an answer is followed, with that chance, by a plain request to solve the problem again (``AGAIN``) and the
-    answer once more, as long as the chat stays within ``max_turns`` answers."""
+    answer once more, as long as the chat stays within ``max_turns`` answers. ``example_share``: see
+    ``answered``."""
     chat, room = [], (max_turns - len(tasks) if max_turns else len(tasks))  # answers left for repeats
     for task in tasks:
-        chat += answered(task)
+        chat += answered(task, example_share, rng)
         if again_share and room > 0 and rng.random() < again_share:
             chat += [{"role": "user", "content": rng.choice(AGAIN)}, {"role": "assistant", "content": answer_of(task)}]
             room -= 1
@@ -125,19 +143,20 @@ def with_context(chat: list[dict], share: float, rng: random.Random) -> list[dic
 def chats(pool: list[dict], n: int, mix, rng: random.Random) -> list[tuple[str, list[dict]]]:
     """``n`` chats of the kinds ``mix`` shares out (``settings.BaseStudent``), problems drawn from ``pool`` (a
     problem may recur across chats, never within one); a clarifying draw on a problem without a number falls
-    back to a single chat. Requests of single and multi chats open with context at ``mix.context_share``."""
+    back to a single chat. Requests of single and multi chats open with context at ``mix.context_share``, and
+    their code requests end with examples at ``mix.example_share``."""
     out = []
     for _ in range(n):
         kind = chat_kind(rng, mix)
         if kind == "multi":
             k = rng.randint(2, min(mix.max_chat_turns, len(pool)))
-            chat = multi_chat(rng.sample(pool, k), mix.again_share, rng, mix.max_chat_turns)
+            chat = multi_chat(rng.sample(pool, k), mix.again_share, rng, mix.max_chat_turns, mix.example_share)
             out.append((kind, with_context(chat, mix.context_share, rng)))
             continue
         task = rng.choice(pool)
         clarifying = clarifying_chat(task, rng) if kind == "clarifying" else None
         out.append(("clarifying", clarifying) if clarifying else
-                   ("single", with_context(answered(task), mix.context_share, rng)))
+                   ("single", with_context(answered(task, mix.example_share, rng), mix.context_share, rng)))
     return out
 
 
