@@ -3,8 +3,10 @@ against a naive loop that runs one dialogue at a time, all measured in one proce
 
     python -m benchmarks.bench --model models/base_student --out metrics/bench.json   (what `make bench` runs)
 
-- engine: ``n_dialogues`` math dialogues x ``turns`` student turns with the scripted teacher, batched;
-- raw: ``generate`` on the same opening prompts at the same batch size, forced to the engine's mean
+- engine: ``n_dialogues`` math dialogues x ``turns`` student turns with the scripted teacher, in ``batch_size``
+  slots (continuous batching: with more dialogues than slots, as in an evaluation cell of 256 tasks in 64 slots,
+  a dialogue that ends frees its slot for the next);
+- raw: ``generate`` on the same opening prompts in batches of ``batch_size``, forced to the engine's mean
   turn length (``min_new_tokens = max_new_tokens``), once per engine round: the same number of student
   tokens with none of the engine's work (no teacher, no bookkeeping, no ragged turn lengths);
 - naive: the same dialogues, one at a time (batch size 1), through the same engine.
@@ -53,13 +55,16 @@ def _timed(fn):
     return result, time.perf_counter() - start
 
 
-def _forced(student: Student, prompts: list[list[int]], length: int, temperature: float) -> None:
-    """One raw batched ``generate`` call producing exactly ``length`` tokens per prompt."""
-    ids, mask = left_pad(prompts, student.pad_id)
-    with torch.no_grad():
-        student.model.generate(input_ids=ids.to(student.device), attention_mask=mask.to(student.device), do_sample=True,
-                               temperature=temperature, min_new_tokens=length, max_new_tokens=length,
-                               pad_token_id=student.pad_id)
+def _forced(student: Student, prompts: list[list[int]], length: int, temperature: float, batch: int | None = None) -> None:
+    """Raw batched ``generate`` calls, ``batch`` prompts each (None: all in one), producing exactly ``length``
+    tokens per prompt."""
+    batch = batch or len(prompts)
+    for first in range(0, len(prompts), batch):
+        ids, mask = left_pad(prompts[first:first + batch], student.pad_id)
+        with torch.no_grad():
+            student.model.generate(input_ids=ids.to(student.device), attention_mask=mask.to(student.device),
+                                   do_sample=True, temperature=temperature, min_new_tokens=length,
+                                   max_new_tokens=length, pad_token_id=student.pad_id)
 
 
 def forward_breakdown(student: Student, fn) -> dict:
@@ -142,15 +147,18 @@ def engine_settings(max_new_tokens: int, temperature: float, batch_size: int) ->
 
 
 def bench(student: Student, tasks, n_dialogues: int = 64, turns: int = 4, max_new_tokens: int = 96,
-          temperature: float = 1.0, repeats: int = 3, seed: int = 0, naive_dialogues: int | None = None) -> dict:
-    """The measurements described above; ``naive_dialogues`` runs the naive loop on only the first that many
-    dialogues (its rate, tokens/s, from a subset: the whole loop is slow for big batches on a GPU)."""
+          temperature: float = 1.0, repeats: int = 3, seed: int = 0, naive_dialogues: int | None = None,
+          batch_size: int | None = None) -> dict:
+    """The measurements described above; ``batch_size`` slots (None: one per dialogue); ``naive_dialogues`` runs
+    the naive loop on only the first that many dialogues (its rate, tokens/s, from a subset: the whole loop is
+    slow for big batches on a GPU)."""
+    batch_size = batch_size or n_dialogues
     tasks = list(tasks)[:n_dialogues]
     if len(tasks) < n_dialogues:
         raise ValueError(f"bench: {n_dialogues} dialogues asked for but only {len(tasks)} tasks available")
     teacher = ScriptedTeacher()
     common = dict(max_turns=turns, progress=False, seed=seed)
-    batched, one = (engine_settings(max_new_tokens, temperature, batch) for batch in (n_dialogues, 1))
+    batched, one = (engine_settings(max_new_tokens, temperature, batch) for batch in (batch_size, 1))
     run_dialogues(tasks[:8], student, teacher, batched, **common)  # warm-up
 
     # each repetition: the engine (its forward passes timed), then raw generate forced to its token count (a) on
@@ -167,12 +175,12 @@ def bench(student: Student, tasks, n_dialogues: int = 64, turns: int = 4, max_ne
         openings = [d.ids[:d.turn_starts[0]] for d in dialogues]
         same_rounds = [[d.ids[:d.turn_starts[r]] for d in dialogues if d.turns > r] for r in range(rounds)]
         round_tokens = [sum(len(d.student_ids[r]) for d in dialogues if d.turns > r) for r in range(rounds)]
-        raw.append((n_dialogues * per_turn * rounds, _timed(lambda: [_forced(student, openings, per_turn, temperature)
-                                                                     for _ in range(rounds)])[1]))
+        raw.append((n_dialogues * per_turn * rounds, _timed(lambda: [
+            _forced(student, openings, per_turn, temperature, batch_size) for _ in range(rounds)])[1]))
         raw_same.append((sum(round_tokens), _timed(lambda: [
-            _forced(student, batch, max(1, round(n / len(batch))), temperature)
+            _forced(student, batch, max(1, round(n / len(batch))), temperature, batch_size)
             for batch, n in zip(same_rounds, round_tokens)])[1]))
-        raw_prefill.append(_timed(lambda: _forced(student, openings, 1, temperature))[1])
+        raw_prefill.append(_timed(lambda: _forced(student, openings, 1, temperature, batch_size))[1])
         bound_s = bound_seconds(tokens, *raw[-1], raw_prefill[-1], rounds, breakdown["reply_prefill_s"])
         vs_bound.append(round(bound_s / breakdown["total_s"], 3) if bound_s is not None else None)
 
@@ -194,7 +202,7 @@ def bench(student: Student, tasks, n_dialogues: int = 64, turns: int = 4, max_ne
             "ratio_vs_naive": round(engine_rate / naive_rate, 3), **bound,
             "engine_vs_bound": statistics.median(measured) if measured else None, "engine_vs_bound_runs": vs_bound,
             "engine_breakdown": breakdown,
-            "setup": {"dialogues": n_dialogues, "turns": turns, "domain": "math", "teacher": "scripted",
+            "setup": {"dialogues": n_dialogues, "batch_size": batch_size, "turns": turns, "domain": "math", "teacher": "scripted",
                       "engine_student_tokens": tokens, "engine_rounds": rounds,
                       "naive_dialogues": len(tasks[:naive_dialogues]), "raw_tokens_per_turn": per_turn,
                       "max_new_tokens": max_new_tokens, "temperature": temperature, "repeats": repeats,
@@ -268,7 +276,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", default="models/base_student")
     parser.add_argument("--tasks", default="data/tasks", help="folder of the task sets (the 'tasks' stage)")
     parser.add_argument("--source", default="toy_math")
-    parser.add_argument("--dialogues", type=int, default=64)
+    parser.add_argument("--dialogues", type=int, default=256, help="as an evaluation cell (256 dev tasks)")
+    parser.add_argument("--batch-size", type=int, default=64, help="engine slots and raw generate's batch "
+                        "(dialogue.batch_size)")
+    parser.add_argument("--naive-dialogues", type=int, default=64, help="the naive loop's rate from the first N")
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)  # as dialogue.max_new_tokens
     parser.add_argument("--repeats", type=int, default=3)
@@ -279,7 +290,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--model {args.model}: not found; run the pipeline first (make repro, or dvc repro base_student)")
     student = Student.load(args.model, dtype="float32")
     tasks = load_tasks(args.tasks, args.source, "eval")
-    result = bench(student, tasks, args.dialogues, args.turns, args.max_new_tokens, repeats=args.repeats)
+    result = bench(student, tasks, args.dialogues, args.turns, args.max_new_tokens, repeats=args.repeats,
+                   naive_dialogues=args.naive_dialogues, batch_size=args.batch_size)
     if args.grpo_steps:
         result.update(grpo_vs_trl(student, load_tasks(args.tasks, args.source, "train"), steps=args.grpo_steps,
                                   turns=args.turns, max_new_tokens=args.max_new_tokens))

@@ -88,6 +88,19 @@ def test_engine_vs_bound_is_the_median_of_its_repetitions(student):
         assert key in out
 
 
+
+def test_more_dialogues_than_slots_run_every_batch_at_the_slot_count(student, monkeypatch):
+    """An evaluation's shape (more dialogues than slots): the engine never runs more rows than its slots, and
+    raw ``generate`` runs the same prompts in batches of that size."""
+    rows = []
+    generate = student.model.generate
+    monkeypatch.setattr(student.model, "generate", lambda **kw: rows.append(kw["input_ids"].shape[0]) or generate(**kw))
+    out = bench.bench(student, toy_math.generate(10, 5), n_dialogues=10, turns=2, max_new_tokens=6, repeats=1,
+                      naive_dialogues=2, batch_size=4)
+    assert out["setup"]["dialogues"] == 10 and out["setup"]["batch_size"] == 4
+    assert max(r for r, _ in out["engine_breakdown"]["prefill_shapes"]) <= 4
+    assert rows and max(rows) == 4 and 2 in rows  # 10 openings: batches of 4, 4 and 2
+
 def test_grpo_vs_trl_compares_steps_at_equal_completion_tokens(student):
     out = bench.grpo_vs_trl(student, toy_math.generate(4, 6), steps=2, tasks_per_step=2, group_size=2, turns=2,
                             max_new_tokens=6)
