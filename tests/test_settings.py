@@ -77,6 +77,8 @@ def test_training_sources_are_never_evaluation_only_benchmarks():
                                          "'direction', 'step', 'tests', got 'verdict,hint': unknown 'hint'"),
     ("evaluation.variants", "full,shard", "evaluation.variants: must be a comma-separated string of 'full', "
                                           "'sharded', got 'full,shard': unknown 'shard' (did you mean 'sharded'?)"),
+    ("evaluation.split", "train", "evaluation.split: must be one of 'eval', 'dev', got 'train'"),
+    ("base_student.example_share", 1.5, "base_student.example_share: must be <= 1, got 1.5"),
     ("train.domains", "math,code", "train.domains: must be a list, got 'math,code'"),
     ("train.domains", ["math", "physics"], "train.domains: must be one of 'math', 'code', got 'physics'"),
     ("train.seeds", [0, 0, 1], "train.seeds: must be a list without repeats, got [0, 0, 1]"),

@@ -190,6 +190,7 @@ class Teacher(Section):
 class Evaluation(Section):
     """03 and 08: held-out evaluation of every condition (of each trained domain and seed in ``train``)."""
     n_tasks: PosInt
+    split: Literal["eval", "dev"]
     variants: _csv(*VARIANTS)
     math_source: MathSource
     code_source: CodeSource
