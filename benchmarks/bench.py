@@ -219,12 +219,13 @@ def _step_seconds(history: list[dict]) -> float:
 
 
 def grpo_vs_trl(student: Student, tasks, *, steps: int = 4, tasks_per_step: int = 4, group_size: int = 8,
-                turns: int = 4, max_new_tokens: int = 64) -> dict:
+                turns: int = 4, max_new_tokens: int = 64, micro_batch: int = 0) -> dict:
     """Seconds per step of our multi-turn GRPO (``grpo.train``: engine rollouts with the scripted teacher) over
     TRL's own single-turn ``GRPOTrainer`` generating as many tokens per conversation as our student did (each
     completion forced to that length with ``min_new_tokens``), each on a copy of the student with a fresh LoRA
     adapter (r=16), one after the other in this process; median over steps. TRL's reward is a constant (only cost
-    is measured). Our step also trains on the teacher's tokens in the conversation (masked from the loss)."""
+    is measured). Our step also trains on the teacher's tokens in the conversation (masked from the loss). Both
+    pass ``micro_batch`` conversations through each forward/backward (0: the whole step at once)."""
     import copy
     import tempfile
     from unittest import mock
@@ -237,7 +238,7 @@ def grpo_vs_trl(student: Student, tasks, *, steps: int = 4, tasks_per_step: int 
     tasks = list(tasks)
     finetune = settings.Finetune(lora_r=16, lora_alpha=32, lora_dropout=0.0, epochs=1.0, batch_size=1, lr=1e-5)
     online = settings.OnlineSML(init="base", n_tasks=len(tasks), steps=steps, tasks_per_step=tasks_per_step,
-                                group_size=group_size, lr=1e-5, credit="conversation", beta=0.0, micro_batch=0)
+                                group_size=group_size, lr=1e-5, credit="conversation", beta=0.0, micro_batch=micro_batch)
     generation = settings.Generation(grpo="engine", vllm_mode="colocate", vllm_server_url="", vllm_gpu_memory=0.3,
                                      eval="local", eval_base_url="", eval_api_key_env="OPENAI_API_KEY")
     sampled = []  # tokens our student sampled per conversation (its end-of-turn tokens included), per rollout
@@ -268,7 +269,7 @@ def grpo_vs_trl(student: Student, tasks, *, steps: int = 4, tasks_per_step: int 
                                                               trainer.state.log_history
                                                               if "completions/mean_length" in h),
                      "steps": steps, "tasks_per_step": tasks_per_step, "group_size": group_size, "turns": turns,
-                     "max_new_tokens": max_new_tokens, "lora_r": 16}}
+                     "max_new_tokens": max_new_tokens, "lora_r": 16, "micro_batch": micro_batch}}
 
 
 def main(argv=None) -> dict:
@@ -285,6 +286,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="metrics/bench.json")
     parser.add_argument("--grpo-steps", type=int, default=4, help="GRPO steps for grpo_vs_trl_single_turn (0: skip)")
+    parser.add_argument("--grpo-micro-batch", type=int, default=0, help="conversations per forward/backward in both "
+                        "GRPO runs (online_sml.micro_batch; 0: the step at once)")
     args = parser.parse_args(argv)
     if not Path(args.model).exists():
         raise SystemExit(f"--model {args.model}: not found; run the pipeline first (make repro, or dvc repro base_student)")
@@ -294,7 +297,8 @@ def main(argv=None) -> dict:
                    naive_dialogues=args.naive_dialogues, batch_size=args.batch_size)
     if args.grpo_steps:
         result.update(grpo_vs_trl(student, load_tasks(args.tasks, args.source, "train"), steps=args.grpo_steps,
-                                  turns=args.turns, max_new_tokens=args.max_new_tokens))
+                                  turns=args.turns, max_new_tokens=args.max_new_tokens,
+                                  micro_batch=args.grpo_micro_batch))
     return report(result, args.out)
 
 

@@ -219,3 +219,49 @@ def test_grpo_trains_in_bf16_exactly_when_asked(tmp_path):
     def config(bf16):
         return grpo.grpo_config(str(tmp_path), sections.online(), seed=0, bf16=bf16)
     assert config(True).bf16 and not config(False).bf16
+
+
+def test_length_grouped_micro_batches_make_the_same_update_from_fewer_padded_tokens(tok):
+    """``LengthGroupedGRPOTrainer`` (what ``grpo.train`` uses): the step's conversations reach its micro-batches
+    longest first, each cut to the columns its rows use; the update is TRL's own, shuffled and padded to the
+    step's longest conversation."""
+    tasks = toy_math.generate(4, 2)
+    updates, seen = [], {}
+
+    def spy(base):
+        class Spy(base):
+            def _compute_loss(self, model, inputs):
+                rows = inputs["prompt_mask"].sum(1) + inputs["completion_mask"].sum(1)
+                seen.setdefault(base, []).append((inputs["prompt_mask"], inputs["completion_mask"], rows))
+                return super()._compute_loss(model, inputs)
+        return Spy
+
+    for base in (GRPOTrainer, grpo.LengthGroupedGRPOTrainer):
+        trainer = trainer_for(tok, tasks, spy(base), micro_batch=2, max_turns=3, temperature=2.0)
+        trainer.train()
+        updates.append({n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n})
+    assert any(p.abs().sum() > 0 for p in updates[0].values())
+    assert all(torch.allclose(updates[0][n], updates[1][n], atol=1e-5) for n in updates[0])
+
+    grouped = seen[grpo.LengthGroupedGRPOTrainer]
+    lengths = torch.cat([rows for *_, rows in grouped])
+    assert torch.equal(lengths, lengths.sort(descending=True).values)  # longest first, across micro-batches
+    for prompt_mask, completion_mask, _ in grouped:  # no column that no row uses
+        assert prompt_mask[:, 0].any() and completion_mask[:, -1].any()
+    cells = {base: sum(p.numel() + c.numel() for p, c, _ in calls) for base, calls in seen.items()}
+    assert cells[grpo.LengthGroupedGRPOTrainer] < cells[GRPOTrainer]
+
+
+def test_padding_is_dropped_only_where_no_row_uses_it():
+    batch = {"prompt_ids": torch.tensor([[0, 0, 5, 6], [0, 7, 8, 9]]), "prompt_mask": torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]]),
+             "completion_ids": torch.tensor([[1, 2, 0, 0, 0], [3, 4, 5, 0, 0]]),
+             "completion_mask": torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0]]),
+             "advantages": torch.tensor([0.5, -0.5]), "tool_mask": torch.tensor([[1, 0, 0, 0, 0], [1, 0, 1, 0, 0]]),
+             "num_items_in_batch": torch.tensor(3), "solved_turn": [0, 2]}
+    out = grpo.without_padding(batch)
+    assert out["prompt_ids"].tolist() == [[0, 5, 6], [7, 8, 9]]
+    assert out["completion_ids"].tolist() == [[1, 2, 0], [3, 4, 5]] and out["tool_mask"].tolist() == [[1, 0, 0], [1, 0, 1]]
+    assert torch.equal(out["advantages"], batch["advantages"]) and out["num_items_in_batch"] == 3
+    ordered = grpo.longest_first(batch)  # row 1 is 6 tokens long, row 0 is 4
+    assert ordered["prompt_ids"].tolist() == [[0, 7, 8, 9], [0, 0, 5, 6]] and ordered["solved_turn"] == [2, 0]
+    assert ordered["advantages"].tolist() == [-0.5, 0.5] and ordered["num_items_in_batch"] == 3

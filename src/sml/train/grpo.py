@@ -21,6 +21,7 @@ from collections.abc import Callable
 import datasets
 import torch
 from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import split_tensor_dict
 
 from sml import optional, resume, settings
 from sml.dialogue.engine import run_dialogues
@@ -91,7 +92,66 @@ def turn_advantages(returns: list[list[float]], spans: list[list[tuple[int, int]
     return adv
 
 
-class TurnCreditGRPOTrainer(GRPOTrainer):
+def longest_first(batch: dict) -> dict:
+    """A generation batch (TRL's dict of per-conversation tensors and lists) with its conversations ordered from
+    the longest (prompt and completion tokens) to the shortest, every per-conversation value in unison."""
+    lengths = batch["prompt_mask"].sum(1) + batch["completion_mask"].sum(1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+
+    def permute(value):
+        if value is None or (isinstance(value, torch.Tensor) and value.ndim == 0):
+            return value  # not per conversation (num_items_in_batch)
+        if isinstance(value, torch.Tensor):
+            return value[order.to(value.device)]
+        return [value[i] for i in order.tolist()]
+
+    return {key: permute(value) for key, value in batch.items()}
+
+
+def without_padding(batch: dict) -> dict:
+    """A micro-batch without the padding columns none of its conversations uses: the prompts' leading ones (TRL
+    pads prompts on the left) and the completions' trailing ones (on the right), in every value aligned with
+    them (ids, masks, per-token advantages and log-probs). Those columns are masked out of attention and loss,
+    so dropping them changes nothing that is computed, only what is paid for."""
+    used = batch["prompt_mask"].any(0).nonzero()
+    first = int(used.min()) if len(used) else 0
+    used = batch["completion_mask"].any(0).nonzero()
+    end = int(used.max()) + 1 if len(used) else 1
+    width = batch["completion_ids"].shape[1]
+    out = {}
+    for key, value in batch.items():
+        if key in ("prompt_ids", "prompt_mask"):
+            value = value[:, first:]
+        elif isinstance(value, torch.Tensor) and value.ndim == 2 and value.shape[1] == width:
+            value = value[:, :end]
+        out[key] = value
+    return out
+
+
+class LengthGroupedMixin:
+    """A step's conversations reach its micro-batches (``online_sml.micro_batch``) longest first instead of
+    shuffled, and each micro-batch drops the padding none of its rows needs. A step's conversations range from
+    one student turn to ``max_turns`` turns with the teacher's replies, so a shuffled micro-batch pads most of
+    its rows to a long one. With TRL's token-level loss (DAPO, normalised over the whole step) the update is
+    the same: the same tokens are summed, in another order. Only for one optimiser step per rollout (TRL's
+    default ``steps_per_generation``), where the micro-batches' order within the step does not matter."""
+
+    def _prepare_inputs(self, generation_batch):
+        if not self.model.training:
+            return super()._prepare_inputs(generation_batch)
+        every = self.args.steps_per_generation * self.num_iterations
+        if self._step % every == 0 or self._buffered_inputs is None:
+            batch = longest_first(self._generate_and_score_completions(generation_batch))
+            self._buffered_inputs = [without_padding(b) for b in
+                                     split_tensor_dict(batch, self.args.steps_per_generation)]
+        return self._buffered_inputs[self._step % self.args.steps_per_generation]
+
+
+class LengthGroupedGRPOTrainer(LengthGroupedMixin, GRPOTrainer):
+    """TRL's ``GRPOTrainer`` with length-grouped micro-batches (``LengthGroupedMixin``)."""
+
+
+class TurnCreditGRPOTrainer(LengthGroupedMixin, GRPOTrainer):
     """GRPO with turn-level credit: TRL's loss accepts per-token advantages, so each student turn is
     credited with its own discounted return (``turn_advantages``) instead of the whole conversation's."""
 
@@ -212,7 +272,7 @@ def train(model, tokenizer, tasks, teacher, out_dir: str, online: settings.Onlin
     config = grpo_config(out_dir, online, seed=seed, checkpoint_steps=checkpoint_steps, bf16=bf16,
                          vllm=vllm_settings(generation, dialogue) if use_vllm else None)
     rollout = make_rollout_func(tasks, teacher, dialogue, max_turns=max_turns)
-    trainer_class = TurnCreditGRPOTrainer if online.credit == "turn" else GRPOTrainer
+    trainer_class = TurnCreditGRPOTrainer if online.credit == "turn" else LengthGroupedGRPOTrainer
     trainer = trainer_class(model=model, reward_funcs=conversation_reward, args=config, processing_class=tokenizer,
                             train_dataset=datasets.Dataset.from_dict({"prompt": [t["prompt"] for t in tasks]}),
                             rollout_func=rollout, callbacks=resume.with_replay(callbacks))
