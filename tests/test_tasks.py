@@ -11,7 +11,7 @@ from sml.verify import verify
 PARAMS = settings.Tasks(seed=0, sources="toy_math,toy_code,humaneval", hub_dir="", n_train=30, n_dev=6, n_eval=10,
                         math_generator="basic_arithmetic", math_min_terms=2, math_max_terms=3, math_min_digits=1,
                         math_max_digits=2, code_families="int,list,str", code_min_steps=1, code_max_steps=2,
-                        code_n_tests=5)
+                        code_n_tests=5, code_worked=False)
 
 
 def test_generators_are_deterministic_and_distinct():
@@ -126,3 +126,25 @@ def test_malformed_records_are_named():
 def test_missing_task_set_has_a_helpful_error(tmp_path):
     with pytest.raises(tasks.TaskError, match="dvc repro tasks"):
         tasks.load_tasks(tmp_path, "toy_math")
+
+
+def test_worked_code_solutions_name_each_step_before_its_line():
+    """``tasks.code_worked``: the same tasks (prompts, tests), each solution line after a comment that names its
+    step in the prompt's words; the solutions still pass their tests."""
+    plain, worked = toy_code.generate(60, 3), toy_code.generate(60, 3, worked=True)
+    assert [t["prompt"] for t in plain] == [t["prompt"] for t in worked]
+    assert [t["tests"] for t in plain] == [t["tests"] for t in worked]
+    for p, w in zip(plain, worked):
+        body = w["solution"].splitlines()[1:-1]
+        if json.loads(w["metadata"])["family"] == "list":
+            assert w["solution"] == p["solution"]  # one line whatever its conditions
+            continue
+        comments, lines = body[0::2], body[1::2]
+        assert [line.strip() for line in lines] == [line.strip() for line in p["solution"].splitlines()[1:-1]]
+        steps = [c.strip().removeprefix("# ") for c in comments]
+        assert all(c.strip().startswith("# ") for c in comments) and len(steps) == json.loads(w["metadata"])["steps"]
+        assert ", then ".join(steps) in w["prompt"]  # the prompt's words, in its order
+        namespace = {}
+        exec(w["solution"], namespace)
+        for test in w["tests"]:
+            exec(test, namespace)

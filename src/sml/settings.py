@@ -109,6 +109,7 @@ class Tasks(Section):
     code_min_steps: Annotated[int, Field(ge=1, le=6)]
     code_max_steps: Annotated[int, Field(ge=1, le=6)]
     code_n_tests: Annotated[int, Field(ge=1, le=8)]
+    code_worked: bool
 
 
 class BaseStudent(Section):

@@ -2,7 +2,9 @@
 
 Three families, each a short pipeline of steps whose number sets the difficulty:
 ``int`` (arithmetic on an integer), ``list`` (filter a list, then aggregate), ``str`` (string edits).
-The reference solution spends one line per step, which a tiny model can learn to map from the words.
+The reference solution spends one line per step, which a tiny model can learn to map from the words. A worked
+solution (``worked``) names each step in a comment before its line, in the prompt's words, as a worked math
+answer shows its steps: the student copies the next step's words, then writes their line next to them.
 """
 
 from __future__ import annotations
@@ -42,29 +44,32 @@ def _str_step(rng: random.Random) -> tuple[str, str]:
                        (f"replaces every '{a}' with '{b}'", f"s = s.replace('{a}', '{b}')")])
 
 
-def _pipeline(parts: list[tuple[str, str]], var: str, noun: str) -> tuple[str, list[str], str]:
-    """Prompt, shards and one-line-per-step solution for ``f(var)`` applying ``parts`` in order."""
+def _pipeline(parts: list[tuple[str, str]], var: str, noun: str, worked: bool = False) -> tuple[str, list[str], str]:
+    """Prompt, shards and one-line-per-step solution for ``f(var)`` applying ``parts`` in order (``worked``: each
+    line after a comment naming its step)."""
     steps = len(parts)
     prompt = (f"Write a Python function f({var}) that takes {noun} {var}, "
               f"{', then '.join(p[0] for p in parts)}, and returns the result.")
     intent = (f"Write a Python function f({var}) that takes {noun} {var} and returns "
               f"{noun} computed in {steps} step{'s' * (steps > 1)}.")
     shards = [intent] + [f"Step {i}: it {p[0]}." for i, p in enumerate(parts, 1)]
-    code = f"def f({var}):\n" + "".join(f"    {p[1]}\n" for p in parts) + f"    return {var}\n"
+    code = f"def f({var}):\n" + "".join((f"    # {p[0]}\n" if worked else "") + f"    {p[1]}\n" for p in parts) \
+        + f"    return {var}\n"
     return prompt, shards, code
 
 
-def _int_task(rng: random.Random, steps: int) -> tuple[str, list[str], str, list]:
-    prompt, shards, code = _pipeline([_int_step(rng) for _ in range(steps)], "x", "an integer")
+def _int_task(rng: random.Random, steps: int, worked: bool = False) -> tuple[str, list[str], str, list]:
+    prompt, shards, code = _pipeline([_int_step(rng) for _ in range(steps)], "x", "an integer", worked)
     return prompt, shards, code, rng.sample(range(-20, 31), 8)
 
 
-def _str_task(rng: random.Random, steps: int) -> tuple[str, list[str], str, list]:
-    prompt, shards, code = _pipeline([_str_step(rng) for _ in range(steps)], "s", "a string")
+def _str_task(rng: random.Random, steps: int, worked: bool = False) -> tuple[str, list[str], str, list]:
+    prompt, shards, code = _pipeline([_str_step(rng) for _ in range(steps)], "s", "a string", worked)
     return prompt, shards, code, ["".join(rng.choices(string.ascii_lowercase[:6], k=rng.randint(4, 8))) for _ in range(8)]
 
 
-def _list_task(rng: random.Random, steps: int) -> tuple[str, list[str], str, list]:
+def _list_task(rng: random.Random, steps: int, worked: bool = False) -> tuple[str, list[str], str, list]:
+    """(One line whatever its conditions: ``worked`` changes nothing here.)"""
     conditions = _list_conditions(rng, steps)
     what, expr = rng.choice([("the sum of", "sum({g})"), ("the number of", "len([{g}])"),
                              ("the largest of", "max([{g}], default=0)")])
@@ -84,15 +89,16 @@ _BUILDERS = {"int": _int_task, "list": _list_task, "str": _str_task}
 
 
 def generate(n: int, seed: int, families: tuple[str, ...] = FAMILIES, min_steps: int = 1, max_steps: int = 2,
-             n_tests: int = 5) -> list[dict]:
-    """``n`` distinct code tasks (distinct prompts), deterministic in ``seed``."""
+             n_tests: int = 5, worked: bool = False) -> list[dict]:
+    """``n`` distinct code tasks (distinct prompts), deterministic in ``seed``; ``worked`` solutions name each
+    step in a comment (the same tasks otherwise: the same prompts and tests)."""
     families = list(families)
     rng = random.Random(seed)
     tasks, seen, draws = [], set(), 0
     while len(tasks) < n and draws < 20 * n + 100:
         draws += 1
         family, steps = rng.choice(families), rng.randint(min_steps, max_steps)
-        prompt, shards, code, inputs = _BUILDERS[family](rng, steps)
+        prompt, shards, code, inputs = _BUILDERS[family](rng, steps, worked)
         if prompt in seen:
             continue
         seen.add(prompt)
