@@ -55,7 +55,8 @@ def _timed(fn):
     return result, time.perf_counter() - start
 
 
-def _forced(student: Student, prompts: list[list[int]], length: int, temperature: float, batch: int | None = None) -> None:
+def _forced(student: Student, prompts: list[list[int]], length: int, temperature: float,
+            batch: int | None = None) -> None:
     """Raw batched ``generate`` calls, ``batch`` prompts each (None: all in one), producing exactly ``length``
     tokens per prompt."""
     batch = batch or len(prompts)

@@ -253,14 +253,16 @@ def test_length_grouped_micro_batches_make_the_same_update_from_fewer_padded_tok
 
 
 def test_padding_is_dropped_only_where_no_row_uses_it():
-    batch = {"prompt_ids": torch.tensor([[0, 0, 5, 6], [0, 7, 8, 9]]), "prompt_mask": torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]]),
+    batch = {"prompt_ids": torch.tensor([[0, 0, 5, 6], [0, 7, 8, 9]]),
+             "prompt_mask": torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]]),
              "completion_ids": torch.tensor([[1, 2, 0, 0, 0], [3, 4, 5, 0, 0]]),
              "completion_mask": torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0]]),
              "advantages": torch.tensor([0.5, -0.5]), "tool_mask": torch.tensor([[1, 0, 0, 0, 0], [1, 0, 1, 0, 0]]),
              "num_items_in_batch": torch.tensor(3), "solved_turn": [0, 2]}
     out = grpo.without_padding(batch)
     assert out["prompt_ids"].tolist() == [[0, 5, 6], [7, 8, 9]]
-    assert out["completion_ids"].tolist() == [[1, 2, 0], [3, 4, 5]] and out["tool_mask"].tolist() == [[1, 0, 0], [1, 0, 1]]
+    assert out["completion_ids"].tolist() == [[1, 2, 0], [3, 4, 5]]
+    assert out["tool_mask"].tolist() == [[1, 0, 0], [1, 0, 1]]
     assert torch.equal(out["advantages"], batch["advantages"]) and out["num_items_in_batch"] == 3
     ordered = grpo.longest_first(batch)  # row 1 is 6 tokens long, row 0 is 4
     assert ordered["prompt_ids"].tolist() == [[0, 7, 8, 9], [0, 0, 5, 6]] and ordered["solved_turn"] == [2, 0]

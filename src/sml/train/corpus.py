@@ -14,9 +14,9 @@ generators under another seed, with every task-set prompt removed), in three kin
 With ``context_share``, a request may open with a sentence or three about the asker ("This one is from my
 homework."), as requests to an instruct model do. With ``example_share``, a code request may end with one or two
 examples of what the function returns ("For example, f(4) returns 7."), as code requests often do (HumanEval's
-docstrings carry them); the examples are the problem's own tests, which the reference solution passes. With ``again_share``, a multi chat's answer may be followed
-by a plain request to solve that problem again ("Please solve it again."), answered afresh: a generic
-instruct skill that says nothing about the earlier answer.
+docstrings carry them); the examples are the problem's own tests, which the reference solution passes. With
+``again_share``, a multi chat's answer may be followed by a plain request to solve that problem again ("Please
+solve it again."), answered afresh: a generic instruct skill that says nothing about the earlier answer.
 
 No chat judges or corrects an answer: every user turn after an answer is a new problem or such a plain
 request (``tests/test_corpus.py`` proves it on the built corpus, against the teacher's own sentences).
