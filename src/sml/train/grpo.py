@@ -137,8 +137,8 @@ class LengthGroupedMixin:
     default ``steps_per_generation``), where the micro-batches' order within the step does not matter."""
 
     def _prepare_inputs(self, generation_batch):
-        if not self.model.training:
-            return super()._prepare_inputs(generation_batch)
+        if not self.model.training or self.args.steps_per_generation != self.args.gradient_accumulation_steps:
+            return super()._prepare_inputs(generation_batch)  # several updates per rollout: keep TRL's shuffle
         every = self.args.steps_per_generation * self.num_iterations
         if self._step % every == 0 or self._buffered_inputs is None:
             batch = longest_first(self._generate_and_score_completions(generation_batch))
