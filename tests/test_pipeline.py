@@ -154,12 +154,14 @@ def test_notebook_chain_runs_end_to_end(chain):
     assert len(behaviour) == 4 * (1 + len(TRAINED))  # each condition: 2 eval domains x 2 variants (full, sharded)
     assert (tmp_path / "data" / "transcripts" / "base" / "math_full_s0").exists()
     assert (tmp_path / "reports" / "figures" / "03_baseline.png").stat().st_size > 10_000
+    assert (tmp_path / "reports" / "figures" / "03_feedback_use.png").stat().st_size > 10_000
     for condition in TRAINED:
         adapter = tmp_path / "models" / condition / "math_s0"
         assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
         live = json.loads((tmp_path / "metrics" / "train" / condition / "math_s0" / "metrics.json").read_text())
         assert live.get("n_examples", 1) > 0 and "train" in live
         assert (tmp_path / "reports" / "figures" / f"08_evaluate_{condition}.png").stat().st_size > 10_000
+        assert (tmp_path / "reports" / "figures" / f"08_feedback_use_{condition}.png").stat().st_size > 10_000
         assert summary[condition]["math->math full"]["seeds"] == 1
     offline = json.loads((tmp_path / "data" / "offline" / "math_s0" / "summary.json").read_text())
     assert json.loads((tmp_path / "metrics" / "train" / "st_sft" / "math_s0" / "metrics.json").read_text())[
@@ -190,7 +192,7 @@ def test_notebook_chain_runs_end_to_end(chain):
     drop = diagnostic["sml_online"]["math->math full"]
     assert drop["turns"] == 2 and drop["dialogues"] > 0 and drop["drop_ci"][0] <= drop["drop"] <= drop["drop_ci"][1]
     assert set(pd.read_csv(tmp_path / "metrics" / "diagnostic.csv")["turn"]) == {1, 2}
-    for name in ("sr_at_k", "cross_domain", "turn_generalisation", "sharded", "loss_diagnostic", "training_curves"):
+    for name in ("sr_at_k", "feedback_use", "cross_domain", "turn_generalisation", "sharded", "loss_diagnostic", "training_curves"):
         assert (tmp_path / "reports" / "figures" / f"10_{name}.png").stat().st_size > 10_000, name
     sr = pd.read_csv(tmp_path / "metrics" / "sr_curves.csv")
     assert set(sr["condition"]) == {"base", *TRAINED} and sr["ci_low"].le(sr["success"]).all()

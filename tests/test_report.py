@@ -95,3 +95,24 @@ def test_rate_rows_and_sharded_rates_are_long_tables():
                                      ["base", "math", "sharded SR@10", 0.2, 0.1, 0.4],
                                      ["sml_online", "math", "question rate", 0.25, 0.1, 0.4]]
     assert report.sharded_rates({}, ["base"]).empty
+
+
+def test_feedback_use_is_plotted_from_the_full_cells():
+    """Uptake and the two solve rates (after feedback, after a fresh retry): from the interval parts (03, 08)
+    and from the summary (the report), full cells only, each with its interval."""
+    cell = {"condition": "sml_online", "train_domain": "math", "eval_domain": "math",
+            "feedback_uptake_rate": 0.4, "feedback_uptake_low": 0.3, "feedback_uptake_high": 0.5,
+            "solve_rate_after_feedback": 0.2, "solve_after_feedback_low": 0.1, "solve_after_feedback_high": 0.3,
+            "solve_rate_after_retry": 0.1, "solve_after_retry_low": 0.05, "solve_after_retry_high": 0.2}
+    intervals = pd.DataFrame([{**cell, "variant": "full"}, {**cell, "variant": "sharded"}])
+    rows = report.feedback_rows(intervals)
+    assert rows[["metric", "value", "low", "high"]].values.tolist() == [
+        ["feedback uptake", 0.4, 0.3, 0.5], ["solve rate after feedback", 0.2, 0.1, 0.3],
+        ["solve rate after a fresh retry", 0.1, 0.05, 0.2]]
+    assert (rows["variant"] == "full").all()
+    summary = {"base": {"none->code full": {"solve_rate_after_feedback": 0.02, "solve_rate_after_feedback_ci": [0.01, 0.04],
+                                            "solve_rate_after_retry": 0.1, "solve_rate_after_retry_ci": [0.08, 0.12]},
+                        "none->code sharded": {"solve_rate_after_feedback": 0.5, "solve_rate_after_feedback_ci": [0, 1]}}}
+    assert report.feedback_rates(summary, ["base"]).values.tolist() == [
+        ["base", "code", "solve rate after feedback", 0.02, 0.01, 0.04],
+        ["base", "code", "solve rate after a fresh retry", 0.1, 0.08, 0.12]]

@@ -50,23 +50,48 @@ def rate_rows(intervals: pd.DataFrame, rates=("premature", "question")) -> pd.Da
                       for rate in rates], ignore_index=True)
 
 
+# the direct measure of learning from feedback: (label, rate, its short name in the interval columns)
+FEEDBACK_USE = (("feedback uptake", "feedback_uptake_rate", "feedback_uptake"),
+                ("solve rate after feedback", "solve_rate_after_feedback", "solve_after_feedback"),
+                ("solve rate after a fresh retry", "solve_rate_after_retry", "solve_after_retry"))
+
+
+def feedback_rows(intervals: pd.DataFrame) -> pd.DataFrame:
+    """``rate_rows`` for ``FEEDBACK_USE``, over the full-variant cells (the retry comparator runs on them only)."""
+    full = intervals[intervals["variant"] == "full"]
+    return pd.concat([full.assign(metric=label, value=full[rate], low=full[f"{short}_low"], high=full[f"{short}_high"])
+                      for label, rate, short in FEEDBACK_USE], ignore_index=True)
+
+
 SHARDED_METRICS = (("premature rate", "premature_rate"), ("question rate", "question_rate"), ("sharded SR@10", "sr10"))
 
 
-def sharded_rates(summary: dict, conditions, domains=("math", "code")) -> pd.DataFrame:
-    """The in-domain sharded cells of ``metrics/summary.json`` in long form: ``condition, domain, metric,
-    value, low, high`` for each of ``SHARDED_METRICS`` the cell has (the base: its ``none-><domain>`` cell)."""
+def cell_rates(summary: dict, conditions, variant: str, metrics, domains=("math", "code")) -> pd.DataFrame:
+    """The in-domain ``variant`` cells of ``metrics/summary.json`` in long form: ``condition, domain, metric,
+    value, low, high`` for each ``(label, key)`` of ``metrics`` the cell has (the base: its ``none-><domain>``
+    cell)."""
     rows = []
     for condition in conditions:
         for domain in domains:
-            entry = summary.get(condition, {}).get(f"{'none' if condition == 'base' else domain}->{domain} sharded")
+            entry = summary.get(condition, {}).get(f"{'none' if condition == 'base' else domain}->{domain} {variant}")
             if entry is None:
                 continue
-            for metric, key in SHARDED_METRICS:
+            for metric, key in metrics:
                 if key in entry:
                     rows.append({"condition": condition, "domain": domain, "metric": metric, "value": entry[key],
                                  "low": entry[f"{key}_ci"][0], "high": entry[f"{key}_ci"][1]})
     return pd.DataFrame(rows)
+
+
+def sharded_rates(summary: dict, conditions, domains=("math", "code")) -> pd.DataFrame:
+    """``cell_rates`` of the sharded cells: premature rate, question rate, sharded SR@10."""
+    return cell_rates(summary, conditions, "sharded", SHARDED_METRICS, domains)
+
+
+def feedback_rates(summary: dict, conditions, domains=("math", "code")) -> pd.DataFrame:
+    """``cell_rates`` of the full cells: uptake, and the solve rates after feedback and after a fresh retry (a
+    student learns from feedback exactly when the second beats the third)."""
+    return cell_rates(summary, conditions, "full", [(label, rate) for label, rate, _ in FEEDBACK_USE], domains)
 
 
 def training_curves(metrics_root: str | Path, conditions, name: str) -> pd.DataFrame:
