@@ -2,6 +2,7 @@
 are well formed, and whether feedback leaves the base below a fresh retry, measured on a scripted student whose
 every number is known by hand."""
 
+import json
 from collections import Counter
 
 import pytest
@@ -56,3 +57,11 @@ def test_the_criteria_are_the_fixed_ones(sr1, formed, ok):
     verdict = calibration.criteria(scores, "code")
     assert (verdict["sr1_ok_code"], verdict["well_formed_ok_code"]) == ok
     assert verdict["feedback_below_retry_code"] is False  # equal is not below
+
+
+def test_solves_are_counted_by_task_kind():
+    from types import SimpleNamespace
+    task = lambda family, steps: {"metadata": json.dumps({"family": family, "steps": steps})}
+    dialogues = [SimpleNamespace(task=task("int", 2), solved_turn=1), SimpleNamespace(task=task("int", 2), solved_turn=0),
+                 SimpleNamespace(task=task("int", 2), solved_turn=2), SimpleNamespace(task=task("list", 1), solved_turn=1)]
+    assert calibration.solved_by_kind(dialogues) == {("int", 2): (1, 3), ("list", 1): (1, 1)}

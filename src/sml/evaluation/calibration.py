@@ -11,6 +11,9 @@ paper's premise: a base that has never seen feedback does not use it).
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+
 from sml import settings
 from sml.evaluation import transcripts
 from sml.evaluation.evaluate import Cell, evaluate_cells
@@ -74,3 +77,15 @@ def summary(scores: dict, domain: str) -> dict:
             "solve rate after feedback": shown(f"solve_rate_after_feedback_{domain}"),
             "solve rate after a fresh retry": shown(f"solve_rate_after_retry_{domain}"),
             **{k.removesuffix(f"_{domain}"): scores[k] for k in criteria(scores, domain)}}
+
+
+def solved_by_kind(dialogues) -> dict[tuple, tuple[int, int]]:
+    """First-turn solves by task kind, ``{(family, steps): (solved, dialogues)}`` from each task's metadata (toy
+    code tasks: where in the task space a base fails)."""
+    solved, seen = Counter(), Counter()
+    for d in dialogues:
+        meta = json.loads(d.task["metadata"])
+        kind = (meta.get("family"), meta.get("steps"))
+        seen[kind] += 1
+        solved[kind] += d.solved_turn == 1
+    return {kind: (solved[kind], seen[kind]) for kind in sorted(seen, key=str)}
