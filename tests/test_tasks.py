@@ -1,5 +1,6 @@
 import ast
 import json
+import re
 
 import pytest
 
@@ -11,7 +12,7 @@ from sml.verify import verify
 PARAMS = settings.Tasks(seed=0, sources="toy_math,toy_code,humaneval", hub_dir="", n_train=30, n_dev=6, n_eval=10,
                         math_generator="basic_arithmetic", math_min_terms=2, math_max_terms=3, math_min_digits=1,
                         math_max_digits=2, code_families="int,list,str", code_min_steps=1, code_max_steps=2,
-                        code_n_tests=5, code_worked=False)
+                        code_n_tests=5, code_worked=False, code_max_constant=9)
 
 
 def test_generators_are_deterministic_and_distinct():
@@ -147,4 +148,20 @@ def test_worked_code_solutions_name_each_step_before_its_line():
         namespace = {}
         exec(w["solution"], namespace)
         for test in w["tests"]:
+            exec(test, namespace)
+
+
+def test_integer_constants_widen_the_integer_family():
+    """``tasks.code_max_constant``: at 9 the tasks are today's; larger, the integer family's 1-2 step space
+    (about 1,660 prompts at 9) holds a full task set and its steps use the new constants; every solution passes."""
+    assert toy_code.generate(40, 2) == toy_code.generate(40, 2, max_constant=9)
+    with pytest.raises(tasks.TaskError, match="distinct tasks"):
+        toy_code.generate(2000, 0, families=("int",))
+    wide = toy_code.generate(2000, 0, families=("int",), max_constant=15)
+    constants = {int(k) for t in wide for k in re.findall(r"(?:adds|subtracts|by|modulo) (\d+)", t["prompt"])}
+    assert constants == set(range(2, 16))
+    for task in wide:
+        namespace = {}
+        exec(task["solution"], namespace)
+        for test in task["tests"]:
             exec(test, namespace)

@@ -110,6 +110,7 @@ class Tasks(Section):
     code_max_steps: Annotated[int, Field(ge=1, le=6)]
     code_n_tests: Annotated[int, Field(ge=1, le=8)]
     code_worked: bool
+    code_max_constant: Annotated[int, Field(ge=2, le=99)]
 
 
 class BaseStudent(Section):

@@ -31,7 +31,8 @@ def toy_tasks(source: str, n: int, seed: int, tasks: settings.Tasks, code_max_st
                                  max(math_max_terms or 0, tasks.math_max_terms), tasks.math_min_digits,
                                  tasks.math_max_digits)
     return toy_code.generate(n, seed, tuple(as_list(tasks.code_families)), tasks.code_min_steps,
-                             max(code_max_steps or 0, tasks.code_max_steps), tasks.code_n_tests, tasks.code_worked)
+                             max(code_max_steps or 0, tasks.code_max_steps), tasks.code_n_tests, tasks.code_worked,
+                             tasks.code_max_constant)
 
 
 def load_source(source: str, tasks: settings.Tasks) -> list[dict]:

@@ -18,8 +18,8 @@ from .schema import TaskError, make_task
 
 
 
-def _int_step(rng: random.Random) -> tuple[str, str]:
-    k = rng.randint(2, 9)
+def _int_step(rng: random.Random, max_constant: int = 9) -> tuple[str, str]:
+    k = rng.randint(2, max_constant)
     return rng.choice([(f"adds {k}", f"x = x + {k}"), (f"subtracts {k}", f"x = x - {k}"),
                        (f"multiplies it by {k}", f"x = x * {k}"), (f"takes the remainder modulo {k}", f"x = x % {k}"),
                        (f"integer-divides it by {k}", f"x = x // {k}"), ("squares it", "x = x * x")])
@@ -58,8 +58,9 @@ def _pipeline(parts: list[tuple[str, str]], var: str, noun: str, worked: bool = 
     return prompt, shards, code
 
 
-def _int_task(rng: random.Random, steps: int, worked: bool = False) -> tuple[str, list[str], str, list]:
-    prompt, shards, code = _pipeline([_int_step(rng) for _ in range(steps)], "x", "an integer", worked)
+def _int_task(rng: random.Random, steps: int, worked: bool = False, max_constant: int = 9
+              ) -> tuple[str, list[str], str, list]:
+    prompt, shards, code = _pipeline([_int_step(rng, max_constant) for _ in range(steps)], "x", "an integer", worked)
     return prompt, shards, code, rng.sample(range(-20, 31), 8)
 
 
@@ -89,16 +90,18 @@ _BUILDERS = {"int": _int_task, "list": _list_task, "str": _str_task}
 
 
 def generate(n: int, seed: int, families: tuple[str, ...] = FAMILIES, min_steps: int = 1, max_steps: int = 2,
-             n_tests: int = 5, worked: bool = False) -> list[dict]:
+             n_tests: int = 5, worked: bool = False, max_constant: int = 9) -> list[dict]:
     """``n`` distinct code tasks (distinct prompts), deterministic in ``seed``; ``worked`` solutions name each
-    step in a comment (the same tasks otherwise: the same prompts and tests)."""
+    step in a comment (the same tasks otherwise: the same prompts and tests). Integer steps use constants
+    2..``max_constant``: the integer family's space of 1-2 step prompts grows with it (about 1,660 at 9)."""
     families = list(families)
     rng = random.Random(seed)
     tasks, seen, draws = [], set(), 0
     while len(tasks) < n and draws < 20 * n + 100:
         draws += 1
         family, steps = rng.choice(families), rng.randint(min_steps, max_steps)
-        prompt, shards, code, inputs = _BUILDERS[family](rng, steps, worked)
+        prompt, shards, code, inputs = (_int_task(rng, steps, worked, max_constant) if family == "int"
+                                        else _BUILDERS[family](rng, steps, worked))
         if prompt in seen:
             continue
         seen.add(prompt)
