@@ -65,3 +65,21 @@ def test_solves_are_counted_by_task_kind():
     dialogues = [SimpleNamespace(task=task("int", 2), solved_turn=1), SimpleNamespace(task=task("int", 2), solved_turn=0),
                  SimpleNamespace(task=task("int", 2), solved_turn=2), SimpleNamespace(task=task("list", 1), solved_turn=1)]
     assert calibration.solved_by_kind(dialogues) == {("int", 2): (1, 3), ("list", 1): (1, 1)}
+
+
+def test_turns_after_feedback_are_counted_by_family_turn_and_signature():
+    """Turn 1 is not after feedback; a program with another family's argument counts as another family's."""
+    from types import SimpleNamespace
+    def dialogue(family, replies, formed):
+        messages = [m for r in replies for m in ({"role": "user", "content": "..."}, {"role": "assistant", "content": r})]
+        return SimpleNamespace(task={"metadata": json.dumps({"family": family, "steps": 2})}, messages=messages,
+                               well_formed=formed)
+    ints = "```python\ndef f(x):\n    return x\n```"
+    lists = "```python\ndef f(xs):\n    return len([v for v in xs if v > 1)\n```"
+    dialogues = [dialogue("int", [lists, ints, lists], [False, True, False]),
+                 dialogue("int", [ints, "Which number is k?"], [True, True]),
+                 dialogue("list", [lists, lists], [False, False])]
+    found = calibration.after_feedback_by_kind(dialogues)
+    assert found["family"] == {"int": (2, 3), "list": (0, 1)}
+    assert found["turn"] == {2: (2, 3), 3: (0, 1)}
+    assert found["other_family"] == {"int": (1, 3), "list": (0, 1)}

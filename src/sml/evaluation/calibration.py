@@ -12,6 +12,7 @@ paper's premise: a base that has never seen feedback does not use it).
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 from sml import settings
@@ -89,3 +90,33 @@ def solved_by_kind(dialogues) -> dict[tuple, tuple[int, int]]:
         seen[kind] += 1
         solved[kind] += d.solved_turn == 1
     return {kind: (solved[kind], seen[kind]) for kind in sorted(seen, key=str)}
+
+
+# The toy code families by the argument their programs take (``toy_code``: def f(x) / f(xs) / f(s)).
+FAMILY_OF_ARGUMENT = {"x": "int", "xs": "list", "s": "str"}
+SIGNATURE = re.compile(r"def f\((\w+)\)")
+
+
+def after_feedback_by_kind(dialogues) -> dict[str, dict]:
+    """Student turns after feedback (turn >= 2) in toy code dialogues, as ``(well-formed, turns)`` counts by the
+    task's family (``family``) and by student turn (``turn``), and how many turns write a program whose
+    signature belongs to another family (``other_family``: ``(such turns, turns)`` by task family): where a base
+    that holds its first turn loses the thread after feedback."""
+    formed = {"family": Counter(), "turn": Counter()}
+    seen = {"family": Counter(), "turn": Counter()}
+    other, turns = Counter(), Counter()
+    for d in dialogues:
+        family = json.loads(d.task["metadata"]).get("family")
+        replies = [m["content"] for m in d.messages if m["role"] == "assistant"]
+        for turn, (ok, text) in enumerate(zip(d.well_formed, replies), 1):
+            if turn == 1:
+                continue
+            for by, key in (("family", family), ("turn", turn)):
+                formed[by][key] += ok
+                seen[by][key] += 1
+            signature = SIGNATURE.search(text)
+            other[family] += bool(signature) and FAMILY_OF_ARGUMENT.get(signature.group(1)) != family
+            turns[family] += 1
+    order = {"family": str, "turn": int}
+    counts = {by: {k: (formed[by][k], seen[by][k]) for k in sorted(seen[by], key=order[by])} for by in seen}
+    return {**counts, "other_family": {k: (other[k], turns[k]) for k in sorted(turns, key=str)}}
