@@ -50,6 +50,10 @@ CFG = settings.load(REPO / "params.yaml")
 N = 300  # chats per domain
 
 
+# any of the sentences about the asker a request may open with (base_student.context_share)
+CONTEXT = re.compile("|".join(re.escape(c).replace(re.escape("{n}"), r"\d+") for c in chat_corpus.CONTEXT))
+
+
 def build(n=N, exclude=frozenset(), **mix):
     return chat_corpus.build(n, seed=0, tasks=CFG.tasks, exclude=set(exclude),
                            mix=CFG.base_student.model_copy(update=mix))
@@ -90,7 +94,7 @@ def test_context_before_a_request_never_judges_and_the_request_follows_it_whole(
     share of 0 adds none."""
     with_context = build(n=150, context_share=0.5)
     test_the_corpus_never_shows_feedback(with_context)
-    context = re.compile("|".join(re.escape(c).replace(re.escape("{n}"), r"\d+") for c in chat_corpus.CONTEXT))
+    context = CONTEXT
     opened = 0
     requests = [m["content"] for chat, kind in zip(with_context["messages"], with_context["kind"]) if kind != "clarifying"
                 for m in chat if m["role"] == "user"]
@@ -99,7 +103,7 @@ def test_context_before_a_request_never_judges_and_the_request_follows_it_whole(
         assert bare.startswith(("Calculate", "Write a Python function")), request
         opened += bare != request
     assert opened / len(requests) == pytest.approx(0.5, abs=0.08)
-    for chat in build(n=60)["messages"]:
+    for chat in build(n=60, context_share=0.0)["messages"]:
         assert not any(context.match(m["content"]) for m in chat)
 
 
@@ -122,7 +126,7 @@ def test_a_plain_request_to_solve_it_again_follows_an_answer_and_gets_the_same_p
                 followed += chat[i + 1]["content"] in chat_corpus.AGAIN
     # half of the answers to a problem (room allowing), never the answer given again: about a third of all answers
     assert followed / answers == pytest.approx(1 / 3, abs=0.1)
-    assert not any(m["content"] in chat_corpus.AGAIN for chat in build(n=60)["messages"] for m in chat)
+    assert not any(m["content"] in chat_corpus.AGAIN for chat in build(n=60, again_share=0.0)["messages"] for m in chat)
 
 
 def test_code_requests_may_end_with_examples_that_the_reference_solution_passes():
@@ -151,7 +155,7 @@ def test_code_requests_may_end_with_examples_that_the_reference_solution_passes(
                 inputs, output = call.split(" returns ")
                 assert eval(inputs, namespace) == eval(output), (call, answer["content"])
     assert ended / requests == pytest.approx(0.5, abs=0.08)
-    assert not any(example.search(m["content"]) for chat in build(n=60)["messages"] for m in chat)
+    assert not any(example.search(m["content"]) for chat in build(n=60, example_share=0.0)["messages"] for m in chat)
 
 def test_every_answer_is_a_fresh_answer_to_a_new_request(built):
     """No retry, no correction: within a chat no request recurs and no answer is given twice, and every user
@@ -162,7 +166,8 @@ def test_every_answer_is_a_fresh_answer_to_a_new_request(built):
             "domain": "code" if "```" in m["content"] else "math"}) == "attempt"]
         assert len(set(users)) == len(users) and len(set(answers)) == len(answers), chat
         assert [m["role"] for m in chat] == ["user", "assistant"] * (len(chat) // 2)
-        after_answer = [chat[i]["content"] for i in range(2, len(chat), 2) if chat[i - 1]["content"] in answers]
+        after_answer = [re.sub(rf"^(?:(?:{CONTEXT.pattern}) )+", "", chat[i]["content"])  # context comes first
+                        for i in range(2, len(chat), 2) if chat[i - 1]["content"] in answers]
         assert all(u.startswith(("Calculate", "Write a Python function")) for u in after_answer), chat
 
 
