@@ -54,6 +54,10 @@ N = 300  # chats per domain
 CONTEXT = re.compile("|".join(re.escape(c).replace(re.escape("{n}"), r"\d+") for c in chat_corpus.CONTEXT))
 
 
+def without_context(request: str) -> str:
+    return re.sub(rf"^(?:(?:{CONTEXT.pattern}) )+", "", request)
+
+
 def build(n=N, exclude=frozenset(), **mix):
     return chat_corpus.build(n, seed=0, tasks=CFG.tasks, exclude=set(exclude),
                            mix=CFG.base_student.model_copy(update=mix))
@@ -94,17 +98,16 @@ def test_context_before_a_request_never_judges_and_the_request_follows_it_whole(
     share of 0 adds none."""
     with_context = build(n=150, context_share=0.5)
     test_the_corpus_never_shows_feedback(with_context)
-    context = CONTEXT
     opened = 0
     requests = [m["content"] for chat, kind in zip(with_context["messages"], with_context["kind"]) if kind != "clarifying"
                 for m in chat if m["role"] == "user"]
     for request in requests:
-        bare = re.sub(rf"^(?:(?:{context.pattern}) )+", "", request)
+        bare = without_context(request)
         assert bare.startswith(("Calculate", "Write a Python function")), request
         opened += bare != request
     assert opened / len(requests) == pytest.approx(0.5, abs=0.08)
     for chat in build(n=60, context_share=0.0)["messages"]:
-        assert not any(context.match(m["content"]) for m in chat)
+        assert not any(CONTEXT.match(m["content"]) for m in chat)
 
 
 def test_a_plain_request_to_solve_it_again_follows_an_answer_and_gets_the_same_problem_solved():
@@ -166,8 +169,8 @@ def test_every_answer_is_a_fresh_answer_to_a_new_request(built):
             "domain": "code" if "```" in m["content"] else "math"}) == "attempt"]
         assert len(set(users)) == len(users) and len(set(answers)) == len(answers), chat
         assert [m["role"] for m in chat] == ["user", "assistant"] * (len(chat) // 2)
-        after_answer = [re.sub(rf"^(?:(?:{CONTEXT.pattern}) )+", "", chat[i]["content"])  # context comes first
-                        for i in range(2, len(chat), 2) if chat[i - 1]["content"] in answers]
+        after_answer = [without_context(chat[i]["content"]) for i in range(2, len(chat), 2)
+                        if chat[i - 1]["content"] in answers]
         assert all(u.startswith(("Calculate", "Write a Python function")) for u in after_answer), chat
 
 

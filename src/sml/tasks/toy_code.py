@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import string
+from functools import partial
 
 from sml.settings import FAMILIES
 
@@ -18,7 +19,7 @@ from .schema import TaskError, make_task
 
 
 
-def _int_step(rng: random.Random, max_constant: int = 9) -> tuple[str, str]:
+def _int_step(rng: random.Random, max_constant: int) -> tuple[str, str]:
     k = rng.randint(2, max_constant)
     return rng.choice([(f"adds {k}", f"x = x + {k}"), (f"subtracts {k}", f"x = x - {k}"),
                        (f"multiplies it by {k}", f"x = x * {k}"), (f"takes the remainder modulo {k}", f"x = x % {k}"),
@@ -95,13 +96,13 @@ def generate(n: int, seed: int, families: tuple[str, ...] = FAMILIES, min_steps:
     step in a comment (the same tasks otherwise: the same prompts and tests). Integer steps use constants
     2..``max_constant``: the integer family's space of 1-2 step prompts grows with it (about 1,660 at 9)."""
     families = list(families)
+    builders = {**_BUILDERS, "int": partial(_int_task, max_constant=max_constant)}
     rng = random.Random(seed)
     tasks, seen, draws = [], set(), 0
     while len(tasks) < n and draws < 20 * n + 100:
         draws += 1
         family, steps = rng.choice(families), rng.randint(min_steps, max_steps)
-        prompt, shards, code, inputs = (_int_task(rng, steps, worked, max_constant) if family == "int"
-                                        else _BUILDERS[family](rng, steps, worked))
+        prompt, shards, code, inputs = builders[family](rng, steps, worked)
         if prompt in seen:
             continue
         seen.add(prompt)
