@@ -46,6 +46,7 @@ from sml import settings
 from sml.dialogue.engine import run_dialogues
 from sml.dialogue.student import Student, left_pad
 from sml.tasks.build import load_tasks
+from sml.dialogue.llm_teacher import make_teacher
 from sml.dialogue.teacher import ScriptedTeacher
 
 
@@ -149,15 +150,15 @@ def engine_settings(max_new_tokens: int, temperature: float, batch_size: int) ->
 
 def bench(student: Student, tasks, n_dialogues: int = 64, turns: int = 4, max_new_tokens: int = 96,
           temperature: float = 1.0, repeats: int = 3, seed: int = 0, naive_dialogues: int | None = None,
-          batch_size: int | None = None) -> dict:
+          batch_size: int | None = None, teacher: ScriptedTeacher | None = None) -> dict:
     """The measurements described above; ``batch_size`` slots (None: one per dialogue); ``naive_dialogues`` runs
     the naive loop on only the first that many dialogues (its rate, tokens/s, from a subset: the whole loop is
-    slow for big batches on a GPU)."""
+    slow for big batches on a GPU); ``teacher``: the scripted teacher (None: its defaults)."""
     batch_size = batch_size or n_dialogues
     tasks = list(tasks)[:n_dialogues]
     if len(tasks) < n_dialogues:
         raise ValueError(f"bench: {n_dialogues} dialogues asked for but only {len(tasks)} tasks available")
-    teacher = ScriptedTeacher()
+    teacher = teacher or ScriptedTeacher()
     common = dict(max_turns=turns, progress=False, seed=seed)
     batched, one = (engine_settings(max_new_tokens, temperature, batch) for batch in (batch_size, 1))
     run_dialogues(tasks[:8], student, teacher, batched, **common)  # warm-up
@@ -203,7 +204,8 @@ def bench(student: Student, tasks, n_dialogues: int = 64, turns: int = 4, max_ne
             "ratio_vs_naive": round(engine_rate / naive_rate, 3), **bound,
             "engine_vs_bound": statistics.median(measured) if measured else None, "engine_vs_bound_runs": vs_bound,
             "engine_breakdown": breakdown,
-            "setup": {"dialogues": n_dialogues, "batch_size": batch_size, "turns": turns, "domain": "math", "teacher": "scripted",
+            "setup": {"dialogues": n_dialogues, "batch_size": batch_size, "turns": turns, "domain": "math",
+                      "teacher": "scripted, restating" if teacher.restate else "scripted",
                       "engine_student_tokens": tokens, "engine_rounds": rounds,
                       "naive_dialogues": len(tasks[:naive_dialogues]), "raw_tokens_per_turn": per_turn,
                       "max_new_tokens": max_new_tokens, "temperature": temperature, "repeats": repeats,
@@ -220,7 +222,8 @@ def _step_seconds(history: list[dict]) -> float:
 
 
 def grpo_vs_trl(student: Student, tasks, *, steps: int = 4, tasks_per_step: int = 4, group_size: int = 8,
-                turns: int = 4, max_new_tokens: int = 64, micro_batch: int = 0) -> dict:
+                turns: int = 4, max_new_tokens: int = 64, micro_batch: int = 0,
+                teacher: ScriptedTeacher | None = None) -> dict:
     """Seconds per step of our multi-turn GRPO (``grpo.train``: engine rollouts with the scripted teacher) over
     TRL's own single-turn ``GRPOTrainer`` generating as many tokens per conversation as our student did (each
     completion forced to that length with ``min_new_tokens``), each on a copy of the student with a fresh LoRA
@@ -251,7 +254,7 @@ def grpo_vs_trl(student: Student, tasks, *, steps: int = 4, tasks_per_step: int 
 
     ours = sft.add_adapter(copy.deepcopy(student.model), finetune, seed=0)
     with tempfile.TemporaryDirectory() as out_dir, mock.patch.object(grpo, "run_dialogues", counted):
-        history = grpo.train(ours, student.tokenizer, tasks, ScriptedTeacher(), out_dir, online,
+        history = grpo.train(ours, student.tokenizer, tasks, teacher or ScriptedTeacher(), out_dir, online,
                              engine_settings(max_new_tokens, 1.0, 64), generation, seed=0, max_turns=turns)
     length = max(1, round(statistics.mean(sampled)))
     theirs = sft.add_adapter(copy.deepcopy(student.model), finetune, seed=0)
@@ -286,20 +289,27 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-new-tokens", type=int, default=64)  # as dialogue.max_new_tokens
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="metrics/bench.json")
+    parser.add_argument("--settings", default="params.yaml", help="the pipeline's settings: the teacher as the "
+                        "pipeline builds it (teacher section; scripted only)")
     parser.add_argument("--grpo-steps", type=int, default=4, help="GRPO steps for grpo_vs_trl_single_turn (0: skip)")
     parser.add_argument("--grpo-micro-batch", type=int, default=0, help="conversations per forward/backward in both "
                         "GRPO runs (online_sml.micro_batch; 0: the step at once)")
     args = parser.parse_args(argv)
     if not Path(args.model).exists():
         raise SystemExit(f"--model {args.model}: not found; run the pipeline first (make repro, or dvc repro base_student)")
+    teacher_settings = settings.load(args.settings).teacher
+    if teacher_settings.kind != "scripted":
+        raise SystemExit(f"--settings {args.settings}: teacher.kind is {teacher_settings.kind!r}; the bench measures "
+                         "the engine with the scripted teacher (an LLM teacher's cost is not the engine's)")
+    teacher = make_teacher(teacher_settings)
     student = Student.load(args.model, dtype="float32")
     tasks = load_tasks(args.tasks, args.source, "eval")
     result = bench(student, tasks, args.dialogues, args.turns, args.max_new_tokens, repeats=args.repeats,
-                   naive_dialogues=args.naive_dialogues, batch_size=args.batch_size)
+                   naive_dialogues=args.naive_dialogues, batch_size=args.batch_size, teacher=teacher)
     if args.grpo_steps:
         result.update(grpo_vs_trl(student, load_tasks(args.tasks, args.source, "train"), steps=args.grpo_steps,
                                   turns=args.turns, max_new_tokens=args.max_new_tokens,
-                                  micro_batch=args.grpo_micro_batch))
+                                  micro_batch=args.grpo_micro_batch, teacher=teacher))
     return report(result, args.out)
 
 

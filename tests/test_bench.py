@@ -135,3 +135,25 @@ def test_the_thread_benchmark_compares_both_layouts_on_the_same_work(tmp_path):
         assert measured["processes_vs_threads"] == pytest.approx(
             measured["2_processes_1_thread"] / measured["one_process_2_threads"], rel=0.01)
     assert json.loads((tmp_path / "t.json").read_text()) == result
+
+
+def test_the_bench_runs_the_teacher_it_is_given(student):
+    """``make bench`` measures the pipeline's teacher (params.yaml's, restating in the calibrated world)."""
+    class Counting(ScriptedTeacher):
+        replies = 0
+
+        def reply(self, view):
+            Counting.replies += 1
+            return super().reply(view)
+
+    out = bench.bench(student, toy_math.generate(4, 5), n_dialogues=4, turns=2, max_new_tokens=6, repeats=1,
+                      naive_dialogues=1, teacher=Counting(restate=True))
+    assert Counting.replies > 0 and out["setup"]["teacher"] == "scripted, restating"
+
+
+def test_the_bench_refuses_an_llm_teacher_before_loading_anything(tmp_path):
+    (tmp_path / "params.yaml").write_text("teacher.kind: openai\nteacher.restate: false\nteacher.model: m\n"
+                                          "teacher.base_url: http://localhost:1/v1\n")  # a profile over params.yaml
+    (tmp_path / "model").mkdir()  # exists, but is no model: loading it would fail differently
+    with pytest.raises(SystemExit, match="teacher.kind"):
+        bench.main(["--model", str(tmp_path / "model"), "--settings", str(tmp_path / "params.yaml")])
