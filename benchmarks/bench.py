@@ -292,16 +292,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--settings", default="params.yaml", help="the pipeline's settings: the teacher as the "
                         "pipeline builds it (teacher section; scripted only)")
     parser.add_argument("--grpo-steps", type=int, default=4, help="GRPO steps for grpo_vs_trl_single_turn (0: skip)")
-    parser.add_argument("--grpo-micro-batch", type=int, default=0, help="conversations per forward/backward in both "
-                        "GRPO runs (online_sml.micro_batch; 0: the step at once)")
+    parser.add_argument("--grpo-micro-batch", type=int, default=None, help="conversations per forward/backward in "
+                        "both GRPO runs (default: --settings' online_sml.micro_batch; 0: the step at once)")
     args = parser.parse_args(argv)
     if not Path(args.model).exists():
         raise SystemExit(f"--model {args.model}: not found; run the pipeline first (make repro, or dvc repro base_student)")
-    teacher_settings = settings.load(args.settings).teacher
-    if teacher_settings.kind != "scripted":
-        raise SystemExit(f"--settings {args.settings}: teacher.kind is {teacher_settings.kind!r}; the bench measures "
+    cfg = settings.load(args.settings)
+    if cfg.teacher.kind != "scripted":
+        raise SystemExit(f"--settings {args.settings}: teacher.kind is {cfg.teacher.kind!r}; the bench measures "
                          "the engine with the scripted teacher (an LLM teacher's cost is not the engine's)")
-    teacher = make_teacher(teacher_settings)
+    teacher = make_teacher(cfg.teacher)
+    micro_batch = cfg.online_sml.micro_batch if args.grpo_micro_batch is None else args.grpo_micro_batch
     student = Student.load(args.model, dtype="float32")
     tasks = load_tasks(args.tasks, args.source, "eval")
     result = bench(student, tasks, args.dialogues, args.turns, args.max_new_tokens, repeats=args.repeats,
@@ -309,7 +310,7 @@ def main(argv=None) -> dict:
     if args.grpo_steps:
         result.update(grpo_vs_trl(student, load_tasks(args.tasks, args.source, "train"), steps=args.grpo_steps,
                                   turns=args.turns, max_new_tokens=args.max_new_tokens,
-                                  micro_batch=args.grpo_micro_batch, teacher=teacher))
+                                  micro_batch=micro_batch, teacher=teacher))
     return report(result, args.out)
 
 

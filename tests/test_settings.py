@@ -149,7 +149,10 @@ def test_cli(tmp_path):
     good = run_cli()
     assert good.returncode == 0 and good.stdout == "params.yaml: ok\n", good.stderr
     bad = tmp_path / "params.yaml"
-    bad.write_text((REPO / "params.yaml").read_text().replace("steps: 12 ", "steps: 0 "))
+    text = (REPO / "params.yaml").read_text()
+    steps = f"  steps: {PARAMS['online_sml']['steps']} "
+    assert text.count(steps) == 1, "params.yaml: expected one line for online_sml.steps"
+    bad.write_text(text.replace(steps, "  steps: 0 "))
     result = run_cli(str(bad))
     assert result.returncode == 1 and "online_sml.steps: must be >= 1, got 0" in result.stderr
 
