@@ -5,7 +5,7 @@ domain's dev tasks exactly as the base is calibrated (``calibration.calibrate``:
 95% Wilson intervals. No evaluation task is read. Condition ``base`` trains nothing: the reference row.
 
 Run: PYTHONPATH=src python scripts/tune_attempt.py SETTINGS CONDITION DOMAIN [--seed 0] [--root .] [--out runs/tune]
-CONDITION: base | online_sml | st_rl | offline_sml. ROOT holds the built world (data/tasks, models/base_student:
+CONDITION: base | online_sml | st_rl | offline_sml | st_sft (after offline_sml: it trains on as many examples). ROOT holds the built world (data/tasks, models/base_student:
 ``dvc repro base_student``), which OUT/NAME links to; NAME is the settings file's stem + condition + domain.
 Settings files for attempts set machine.threads: 1 and machine.workers: 1, so that two attempts share 2 cores.
 """
@@ -26,7 +26,8 @@ from sml.tasks.build import load_tasks
 # condition -> (notebook, extra papermill parameters, folder of its adapters under models/)
 TRAINED = {"online_sml": ("05_online_sml", {}, "sml_online"),
            "st_rl": ("06_single_turn_baselines", {"baseline": "rl"}, "st_rl"),
-           "offline_sml": ("04_offline_sml", {}, "sml_offline")}
+           "offline_sml": ("04_offline_sml", {}, "sml_offline"),
+           "st_sft": ("06_single_turn_baselines", {"baseline": "sft"}, "st_sft")}
 SOURCE = {"math": "math_source", "code": "code_source"}
 
 
@@ -39,6 +40,16 @@ def linked_world(root: Path, out: Path) -> None:
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.exists():
             link.symlink_to(target, target_is_directory=True)
+
+
+def offline_examples(out: Path, domain: str, seed: int) -> int:
+    """What the offline SML attempt beside ``out`` (same settings file) kept: ``st_sft`` trains on as many."""
+    twin = out.with_name(out.name.replace("_st_sft_", "_offline_sml_"))
+    summary = twin / "data" / "offline" / f"{domain}_s{seed}" / "summary.json"
+    if not summary.exists():
+        raise SystemExit(f"st_sft matches offline SML's examples, but {summary} is missing: run the offline_sml "
+                         "attempt with the same settings file first")
+    return json.loads(summary.read_text())["n_examples"]
 
 
 def sr_at(data, turns=(1, 4, 10)) -> dict:
@@ -64,6 +75,8 @@ def main(argv=None) -> dict:
     adapter = None
     if args.condition in TRAINED:
         notebook, extra, folder = TRAINED[args.condition]
+        if args.condition == "st_sft":  # as many examples as the offline SML attempt of the same settings kept
+            extra = {**extra, "n_examples": offline_examples(out, args.domain, args.seed)}
         papermill.execute_notebook(
             str(repo_root() / "notebooks" / f"{notebook}.ipynb"), str(out / f"{notebook}.ipynb"),
             parameters={"settings_file": str(Path(args.settings_file).resolve()), "out_root": str(out.resolve()),
