@@ -5,8 +5,9 @@ domain's dev tasks exactly as the base is calibrated (``calibration.calibrate``:
 95% Wilson intervals. No evaluation task is read. Condition ``base`` trains nothing: the reference row.
 
 Run: PYTHONPATH=src python scripts/tune_attempt.py SETTINGS CONDITION DOMAIN [--seed 0] [--root .] [--out runs/tune]
-CONDITION: base | online_sml | st_rl | offline_sml | st_sft (after offline_sml: it trains on as many examples). ROOT holds the built world (data/tasks, models/base_student:
-``dvc repro base_student``), which OUT/NAME links to; NAME is the settings file's stem + condition + domain.
+CONDITION: base | online_sml | st_rl | offline_sml | st_sft (after offline_sml: it trains on as many examples).
+ROOT holds the built world (data/tasks, models/base_student: ``dvc repro base_student``), which OUT/NAME links to;
+NAME is the settings file's stem + condition + domain.
 Settings files for attempts set machine.threads: 1 and machine.workers: 1, so that two attempts share 2 cores.
 """
 import argparse
