@@ -33,9 +33,12 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 # params.yaml is checked as a whole first (each stage also checks its own parameters before any work).
+# Stale stages run as `dvc repro` would, but independent ones side by side, one core each
+# (scripts/repro_parallel.py; JOBS=1 runs one at a time). `dvc repro` gives the same outputs, one stage at a time.
+JOBS ?= $(shell nproc)
 repro: setup
 	PYTHONPATH=src $(BIN)/python -m sml.settings params.yaml
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH=src $(BIN)/python scripts/repro_parallel.py --jobs $(JOBS)
 
 # Engine throughput vs raw batched generate and vs one dialogue at a time, and GRPO s/step vs TRL's single-turn
 # GRPOTrainer -> metrics/bench.json.

@@ -15,6 +15,8 @@ TABLES = {  # header -> (variant, the summary keys of its columns after conditio
     "| condition | domain | SR@1 | SR@4 | SR@10 |": ("full", ["sr1", "sr4", "sr10"]),
     "| condition | domain | sharded SR@1 | sharded SR@10 | premature rate | question rate | attempts |":
         ("sharded", ["sr1", "sr10", "premature_rate", "question_rate", "attempts"]),
+    "| condition | domain | well formed | feedback uptake | solve rate after feedback | after a fresh retry |":
+        ("full", ["well_formed_rate", "feedback_uptake_rate", "solve_rate_after_feedback", "solve_rate_after_retry"]),
 }
 
 
