@@ -33,7 +33,7 @@ def plan(targets: list[str], force: bool) -> tuple[dict, dict]:
     graph = repo.index.graph  # edges point from a stage to the stages it depends on
     chosen = set()
     for target in targets or [s.addressing for s in repo.index.stages]:
-        chosen.update(s for s in repo.stage.collect(target, with_deps=True))
+        chosen.update(repo.stage.collect(target, with_deps=True))
     stale: list = []
     with repo.lock:
         for stage in reversed(_topological(graph, chosen)):  # dependencies first
