@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 
 from sml import settings
+from sml.dialogue.decoding import ATTENTION
 from sml.dialogue.engine import run_dialogues
 from sml.dialogue.student import Student, left_pad
 from sml.tasks.build import load_tasks
@@ -209,6 +210,7 @@ def bench(student: Student, tasks, n_dialogues: int = 64, turns: int = 4, max_ne
                       "engine_student_tokens": tokens, "engine_rounds": rounds,
                       "naive_dialogues": len(tasks[:naive_dialogues]), "raw_tokens_per_turn": per_turn,
                       "max_new_tokens": max_new_tokens, "temperature": temperature, "repeats": repeats,
+                      "attention": student.attention,
                       "device": str(student.device), "torch_threads": torch.get_num_threads(),
                       "parameters": sum(p.numel() for p in student.model.parameters()),
                       "machine": platform.machine(), "python": platform.python_version()}}
@@ -288,6 +290,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)  # as dialogue.max_new_tokens
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--attention", choices=ATTENTION, default=Student.attention,
+                        help="how the engine's decoder runs attention (sml.dialogue.decoding)")
     parser.add_argument("--out", default="metrics/bench.json")
     parser.add_argument("--settings", default="params.yaml", help="the pipeline's settings: the teacher as the "
                         "pipeline builds it (teacher section; scripted only)")
@@ -304,6 +308,7 @@ def main(argv=None) -> dict:
     teacher = make_teacher(cfg.teacher)
     micro_batch = cfg.online_sml.micro_batch if args.grpo_micro_batch is None else args.grpo_micro_batch
     student = Student.load(args.model, dtype="float32")
+    student.attention = args.attention
     tasks = load_tasks(args.tasks, args.source, "eval")
     result = bench(student, tasks, args.dialogues, args.turns, args.max_new_tokens, repeats=args.repeats,
                    naive_dialogues=args.naive_dialogues, batch_size=args.batch_size, teacher=teacher)

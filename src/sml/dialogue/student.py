@@ -72,8 +72,10 @@ class Student:
     """A causal LM that writes the student's turns.
 
     ``generate(prompts)`` takes token-id lists and returns the new ids of each completion (cut at the
-    end-of-turn token, which is not included) and whether it ended on its own.
+    end-of-turn token, which is not included) and whether it ended on its own. ``attention``: how its
+    ``Decoder`` runs attention (``sml.dialogue.decoding.ATTENTION``).
     """
+    attention = "dense"
 
     def __init__(self, model, tokenizer, device: str | None = None):
         self.model = model
@@ -131,7 +133,8 @@ class Student:
         (they sample elsewhere: a server, vLLM, a script) ``Rounds`` of ``generate`` calls."""
         if type(self).generate is not Student.generate:
             return Rounds(self, max_new_tokens, dict(temperature=temperature, top_p=top_p, batch_size=slots))
-        return Decoder(self.model, self.eos_id, self.pad_id, slots, max_new_tokens, temperature, top_p, reuse)
+        return Decoder(self.model, self.eos_id, self.pad_id, slots, max_new_tokens, temperature, top_p, reuse,
+                       self.attention)
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int = 96, temperature: float = 1.0,
                  top_p: float = 1.0, batch_size: int = 64, streams: list | None = None) -> list[tuple[list[int], bool]]:
@@ -139,7 +142,7 @@ class Student:
         padding). ``streams`` (optional, one ``torch.Generator`` per prompt) gives each prompt its own random
         numbers (see ``Decoder``); without them every prompt draws from torch's global generator."""
         decoder = Decoder(self.model, self.eos_id, self.pad_id, min(batch_size, len(prompts)), max_new_tokens,
-                          temperature, top_p)
+                          temperature, top_p, attention=self.attention)
         for i in sorted(range(len(prompts)), key=lambda i: len(prompts[i])):
             decoder.add(i, prompts[i], streams[i] if streams is not None else None)
         out: list[tuple[list[int], bool]] = [([], False)] * len(prompts)
