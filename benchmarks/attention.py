@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from benchmarks.bench import student_tokens
 from sml import settings
 from sml.dialogue.engine import run_dialogues
 from sml.dialogue.llm_teacher import make_teacher
@@ -47,8 +48,7 @@ def main(argv=None) -> dict:
                                               variant=variant, progress=False, seed=0)
                     took = time.perf_counter() - start
                     seconds[attention] += took
-                    tokens = sum(len(ids) for d in dialogues for ids in d.student_ids)
-                    print(f"{source} {variant} {attention}: {took:.1f} s, {tokens} student tokens, "
+                    print(f"{source} {variant} {attention}: {took:.1f} s, {student_tokens(dialogues)} student tokens, "
                           f"dialogues {hash(tuple(tuple(d.ids) for d in dialogues)) % 10**8:08d}", flush=True)
     print(f"summed: dense {seconds['dense']:.1f} s, by rows {seconds['by_rows']:.1f} s, "
           f"speed-up {seconds['dense'] / seconds['by_rows']:.2f}x")

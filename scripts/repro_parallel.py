@@ -60,7 +60,6 @@ def run(commands: dict, waits: dict, jobs: int, log_dir: Path) -> int:
     done: set[str] = set()
     failed: list[str] = []
     pending = list(commands)
-    times = (log_dir / "times.csv").open("a")
     while pending or running:
         ready = [n for n in pending if waits[n] <= done]
         for name in ready:
@@ -75,11 +74,11 @@ def run(commands: dict, waits: dict, jobs: int, log_dir: Path) -> int:
                     shutil.rmtree(out)
                 else:
                     out.unlink(missing_ok=True)
-            log = (log_dir / f"{name}.log").open("w")
             env = {**os.environ, "OMP_NUM_THREADS": str(len(cores_given))}
             pinned = ",".join(map(str, cores_given))
-            proc = subprocess.Popen(["taskset", "-c", pinned, "bash", "-c", cmd], stdout=log,
-                                    stderr=subprocess.STDOUT, env=env)
+            with (log_dir / f"{name}.log").open("w") as log:  # the stage writes to its own copy of the file
+                proc = subprocess.Popen(["taskset", "-c", pinned, "bash", "-c", cmd], stdout=log,
+                                        stderr=subprocess.STDOUT, env=env)
             running[name] = (proc, cores_given, time.time())
             print(f"{time.strftime('%H:%M:%S')} start {name} on core(s) {pinned}", flush=True)
         time.sleep(2)
@@ -91,8 +90,8 @@ def run(commands: dict, waits: dict, jobs: int, log_dir: Path) -> int:
             seconds = time.time() - start
             if proc.returncode == 0 and subprocess.run(["dvc", "commit", "-f", "-q", name]).returncode == 0:
                 done.add(name)
-                times.write(f"{name},{seconds:.0f}\n")
-                times.flush()
+                with (log_dir / "times.csv").open("a") as times:
+                    times.write(f"{name},{seconds:.0f}\n")
                 print(f"{time.strftime('%H:%M:%S')} done  {name} in {seconds:.0f} s", flush=True)
             else:
                 failed.append(name)

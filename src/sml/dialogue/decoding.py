@@ -225,10 +225,9 @@ class Decoder:
         mask = torch.arange(self.cache.width, device=self.device) <= write[:, :, None]
         inputs = dict(input_ids=ids.to(self.device), attention_mask=mask[:, None], position_ids=write,
                       past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-        if self.attention == "dense":
-            return self.model(**inputs).logits[:, -1]
-        groups = row_groups((write.max(1).values + 1).tolist(), CALL_COLUMNS / ids.shape[1])
-        if len(groups) == 1:  # one call either way: no detour
+        groups = [] if self.attention == "dense" else row_groups((write.max(1).values + 1).tolist(),
+                                                                  CALL_COLUMNS / ids.shape[1])
+        if len(groups) < 2:  # one call either way: transformers' own attention
             return self.model(**inputs).logits[:, -1]
         config = self.model.config
         default, config._attn_implementation = config._attn_implementation, "sml_by_rows"
