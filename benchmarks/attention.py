@@ -5,7 +5,7 @@ by rows (``sml.dialogue.decoding``), per cell (domain x variant), the two interl
 
 Each run is what one evaluation cell's engine run does: ``--tasks-per-cell`` eval tasks, up to
 ``dialogue.eval_turns`` student turns, the pipeline's teacher and slots (``--settings``). Prints one line per
-run (seconds, student tokens, a hash of every dialogue's token ids: equal hashes, the same dialogues) and the
+run (seconds, student tokens, ``bench.digest`` of its dialogues: equal digests, the same dialogues) and the
 speed-up of the summed times.
 """
 
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from benchmarks.bench import student_tokens
+from benchmarks.bench import digest, student_tokens
 from sml import settings
 from sml.dialogue.engine import run_dialogues
 from sml.dialogue.llm_teacher import make_teacher
@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
                     took = time.perf_counter() - start
                     seconds[attention] += took
                     print(f"{source} {variant} {attention}: {took:.1f} s, {student_tokens(dialogues)} student tokens, "
-                          f"dialogues {hash(tuple(tuple(d.ids) for d in dialogues)) % 10**8:08d}", flush=True)
+                          f"dialogues {digest(dialogues)}", flush=True)
     print(f"summed: dense {seconds['dense']:.1f} s, by rows {seconds['by_rows']:.1f} s, "
           f"speed-up {seconds['dense'] / seconds['by_rows']:.2f}x")
     return seconds

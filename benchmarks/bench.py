@@ -34,6 +34,7 @@ single-turn ``GRPOTrainer`` generating as many student tokens per conversation.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import statistics
@@ -107,6 +108,14 @@ def forward_breakdown(student: Student, fn) -> dict:
 
 def student_tokens(dialogues) -> int:
     return sum(len(ids) for d in dialogues for ids in d.student_ids)
+
+
+def digest(dialogues) -> str:
+    """A hash of every dialogue's whole state (tokens, messages, verdicts, leaks, labels; not its random
+    stream): equal digests, the same dialogues."""
+    state = [{k: v for k, v in sorted(vars(d).items()) if k != "stream"} for d in dialogues]
+    as_json = lambda value: sorted(value) if isinstance(value, set) else str(value)
+    return hashlib.sha256(json.dumps(state, default=as_json).encode()).hexdigest()[:16]
 
 
 def reply_tokens(dialogues) -> int:

@@ -96,3 +96,16 @@ def test_an_unknown_attention_is_refused_by_name(tok, model):
     student.attention = "sparse"
     with pytest.raises(ValueError, match="attention: 'sparse'"):
         student.decoder(4, 8)
+
+
+def test_compaction_moves_only_the_columns_a_slot_holds():
+    """``Slots.permute``: the first ``columns`` of each source slot reach its destination (keys and values),
+    the columns past them are left as they were."""
+    cache = decoding.Slots(4)
+    cache.keys = [torch.arange(4 * 2 * 6, dtype=torch.float).reshape(4, 1, 6, 2)]
+    cache.values = [-cache.keys[0]]
+    before = [t.clone() for t in cache.keys + cache.values]
+    cache.permute([0, 1], [3, 2], columns=4)
+    for after, old in zip(cache.keys + cache.values, before):
+        assert torch.equal(after[[0, 1], :, :4], old[[3, 2], :, :4])
+        assert torch.equal(after[:, :, 4:], old[:, :, 4:]) and torch.equal(after[2:], old[2:])

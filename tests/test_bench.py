@@ -101,6 +101,19 @@ def test_more_dialogues_than_slots_run_every_batch_at_the_slot_count(student, mo
     assert max(r for r, _ in out["engine_breakdown"]["prefill_shapes"]) <= 4
     assert rows and max(rows) == 4 and 2 in rows  # 10 openings: batches of 4, 4 and 2
 
+def test_digest_tells_the_same_dialogues_from_changed_ones(student):
+    """``bench.digest`` (what ``benchmarks.same_dialogues`` prints): two runs with one seed give one digest;
+    another seed, or one teacher message changed, another."""
+    tasks, settings = toy_math.generate(4, 5), bench.engine_settings(6, 1.0, 4)
+    run = lambda seed: run_dialogues(tasks, student, ScriptedTeacher(), settings, max_turns=2, seed=seed,
+                                     progress=False)
+    first, again = run(0), run(0)
+    assert bench.digest(first) == bench.digest(again)
+    assert bench.digest(run(1)) != bench.digest(first)
+    again[2].messages[0]["content"] += " "
+    assert bench.digest(again) != bench.digest(first)
+
+
 def test_grpo_vs_trl_compares_steps_at_equal_completion_tokens(student):
     out = bench.grpo_vs_trl(student, toy_math.generate(4, 6), steps=2, tasks_per_step=2, group_size=2, turns=2,
                             max_new_tokens=6)

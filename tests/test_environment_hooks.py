@@ -79,6 +79,22 @@ def test_a_question_is_not_verified():
     assert (view.label, view.check, d.correct, d.premature) == ("question", None, [False], [False])
 
 
+def test_math_attempts_are_judged_without_starting_threads(monkeypatch):
+    """Math checks run no sandbox, so the judge verifies them in place (a thread pool per batch of turns
+    cost more than the checks); each distinct attempt once, from its cache after."""
+    import sml.dialogue.environment as environment_module
+
+    def no_threads(*args, **kwargs):
+        raise AssertionError("a thread pool was started for math checks")
+
+    monkeypatch.setattr(environment_module, "ThreadPoolExecutor", no_threads)
+    judge, task = Judge(workers=2), math_task()
+    d = environment().open(task, 0, [{"role": "user", "content": task["prompt"]}], ids=[])
+    results = judge.checks([d, d, d], [RIGHT, "The answer is 12.", RIGHT], ["attempt", "attempt", "question"])
+    assert [r and r["passed"] for r in results] == [True, False, None]
+    assert judge.pool is None and len(judge.cache) == 2
+
+
 # --- shards ---------------------------------------------------------------------------------------
 
 def test_sharded_reveal_gives_the_step_asked_for_then_the_next_hidden_one():

@@ -62,10 +62,10 @@ class Slots(Cache):
             out.append(visible[:self.rows] if span else visible.index_select(0, self.rows))
         return tuple(out)
 
-    def permute(self, dst: list[int], src: list[int]) -> None:
-        """Slot ``src[k]``'s contents move to slot ``dst[k]``."""
+    def permute(self, dst: list[int], src: list[int], columns: int) -> None:
+        """Slot ``src[k]``'s contents, its first ``columns`` (all that it holds), move to slot ``dst[k]``."""
         for cache in self.keys + self.values:
-            cache[dst] = cache[src]
+            cache[dst, :, :columns] = cache[src, :, :columns]
 
 
 class Decoder:
@@ -160,7 +160,7 @@ class Decoder:
         source = list(range(len(self.turn)))
         for d, s in zip(dst, src):
             source[d] = s
-        self.cache.permute(dst, src)
+        self.cache.permute(dst, src, max((len(self.ids[s]) for s in src), default=0))
         for state in (self.ids, self.owner, self.turn):
             state[:] = [state[s] for s in source]
         self.uniforms[dst], self.logits[dst] = self.uniforms[src], self.logits[src]

@@ -147,7 +147,8 @@ def classify(text: str, task: dict) -> str:
 
 class Judge:
     """Runs the verifier on attempts; code checks go to a ``sandbox.Pool`` (started on the first one)
-    from a thread pool and are cached per (task, code), since a student often repeats itself."""
+    from a thread pool, math checks run in place; all are cached per (task, answer), since a student often
+    repeats itself."""
 
     def __init__(self, workers: int = 2):
         self.workers = workers
@@ -160,10 +161,11 @@ class Judge:
         todo = {k: (d.task, r) for k, d, r in zip(keys, dialogues, replies) if k and k not in self.cache}
         if self.pool is None and any(task["domain"] == "code" for task, _ in todo.values()):
             self.pool = sandbox.Pool(self.workers)
-        if todo:
-            runner = self.pool.run if self.pool is not None else None
+        if todo and self.pool is None:  # nothing to run in the sandbox: threads would only cost their start
+            self.cache.update({k: verify(*tr) for k, tr in todo.items()})
+        elif todo:
             with ThreadPoolExecutor(self.workers) as threads:
-                for k, result in zip(todo, threads.map(lambda tr: verify(*tr, runner=runner), todo.values())):
+                for k, result in zip(todo, threads.map(lambda tr: verify(*tr, runner=self.pool.run), todo.values())):
                     self.cache[k] = result
         return [self.cache[k] if k else None for k in keys]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import threading
 from fractions import Fraction
+from functools import lru_cache
 
 from math_verify import parse as mv_parse
 from math_verify import verify as mv_verify
@@ -48,6 +49,7 @@ def extract_answer(text: str) -> str | None:
     return numbers[-1] if numbers else None
 
 
+@lru_cache(maxsize=1 << 16)  # the leak audit reads the same few numbers in thousands of messages
 def parse_number(text: str) -> Fraction | None:
     """An exact number from ``3``, ``-1.5``, ``1,234``, ``3/4``, ``\\frac{3}{4}``, ``$5``; else ``None``."""
     s = text.strip().strip("$").replace("\\!", "").replace("\\,", "").replace(" ", "").rstrip(".")
