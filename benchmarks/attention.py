@@ -31,6 +31,7 @@ def cell_arguments(description: str, tasks_per_cell: int) -> argparse.ArgumentPa
     parser.add_argument("--tasks", default="data/tasks")
     parser.add_argument("--settings", default="params.yaml")
     parser.add_argument("--tasks-per-cell", type=int, default=tasks_per_cell)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (an evaluation worker has one)")
     return parser
 
 
@@ -56,7 +57,6 @@ def evaluation_cells(args):
 def main(argv=None) -> dict:
     parser = cell_arguments(__doc__.splitlines()[0], tasks_per_cell=256)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (an evaluation worker has one)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     student, cells = evaluation_cells(args)

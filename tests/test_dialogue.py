@@ -226,6 +226,27 @@ def test_kv_cache_kept_between_turns_changes_nothing(tok, model):
     assert sum(d.turns for d in runs[1]) > len(tasks)  # later turns did run from the cache
 
 
+def test_the_decoder_hands_the_model_an_additive_mask_of_each_tokens_past(tok, model):
+    """Every forward pass of the engine gets its attention mask as 0 / -inf (SDPA would convert a boolean one
+    in every layer): 0 exactly on the columns up to the token's own position."""
+    masks = []
+
+    def keep(module, args, kwargs):
+        masks.append((kwargs["attention_mask"], kwargs["position_ids"]))
+
+    hook = model.register_forward_pre_hook(keep, with_kwargs=True)
+    try:
+        run_dialogues(toy_math.generate(5, 4), Student(model, tok, device="cpu"), ScriptedTeacher(),
+                      sections.dialogue(max_new_tokens=10), max_turns=2, progress=False)
+    finally:
+        hook.remove()
+    assert any(positions.shape[1] > 1 for _, positions in masks) and any(p.shape[1] == 1 for _, p in masks)
+    for mask, positions in masks:
+        assert mask.dtype == torch.float32 and mask.shape[:3] == (positions.shape[0], 1, positions.shape[1])
+        seen = torch.arange(mask.shape[-1]) <= positions[:, None, :, None]
+        assert torch.equal(mask == 0, seen) and bool((mask[~seen] == float("-inf")).all())
+
+
 def test_a_dialogue_draws_the_same_random_numbers_alone_or_in_a_batch_of_64(tok, model):
     """Each dialogue samples from its own stream (seeded by the run's seed, its task and its sample), so a
     batch's composition does not change which random numbers it draws. Under fixed logits (the next-token

@@ -222,7 +222,9 @@ class Decoder:
         self.cache.rows = rows if isinstance(rows, int) else rows.to(self.device)
         self.cache.width = int(write.max()) + 1
         self.cache.write = write = write.to(self.device)
-        mask = torch.arange(self.cache.width, device=self.device) <= write[:, :, None]
+        visible = torch.arange(self.cache.width, device=self.device) <= write[:, :, None]
+        # additive (0 / -inf), made once: given a boolean mask, SDPA converts it in every layer
+        mask = torch.zeros(visible.shape, device=self.device).masked_fill_(~visible, float("-inf"))
         inputs = dict(input_ids=ids.to(self.device), attention_mask=mask[:, None], position_ids=write,
                       past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         groups = [] if self.attention == "dense" else row_groups((write.max(1).values + 1).tolist(),
