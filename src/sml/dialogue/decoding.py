@@ -87,7 +87,7 @@ class Decoder:
         self.model, self.eos_id, self.pad_id, self.attention = model, eos_id, pad_id, attention
         self.max_new_tokens, self.temperature, self.top_p, self.reuse = max_new_tokens, temperature, top_p, reuse
         self.refill_at = max(1, slots // 8)
-        self.device = next(model.parameters()).device
+        self.device, self.dtype = next(model.parameters()).device, next(model.parameters()).dtype
         self.cache = Slots(slots)
         self.ids: list[list[int]] = [[] for _ in range(slots)]  # the tokens each slot's cache holds
         self.owner: list[object] = [None] * slots
@@ -223,8 +223,8 @@ class Decoder:
         self.cache.width = int(write.max()) + 1
         self.cache.write = write = write.to(self.device)
         visible = torch.arange(self.cache.width, device=self.device) <= write[:, :, None]
-        # additive (0 / -inf), made once: given a boolean mask, SDPA converts it in every layer
-        mask = torch.zeros(visible.shape, device=self.device).masked_fill_(~visible, float("-inf"))
+        # additive (0 / -inf) in the model's dtype, made once: given a boolean mask, SDPA converts it in every layer
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device).masked_fill_(~visible, float("-inf"))
         inputs = dict(input_ids=ids.to(self.device), attention_mask=mask[:, None], position_ids=write,
                       past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         groups = [] if self.attention == "dense" else row_groups((write.max(1).values + 1).tolist(),
