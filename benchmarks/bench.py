@@ -34,17 +34,20 @@ single-turn ``GRPOTrainer`` generating as many student tokens per conversation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import platform
 import statistics
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 from sml import settings
-from sml.dialogue.decoding import ATTENTION
+from sml.dialogue import decoding
+from sml.dialogue.decoding import ATTENTION, Decoder
 from sml.dialogue.engine import run_dialogues
 from sml.dialogue.student import Student, left_pad
 from sml.tasks.build import load_tasks
@@ -72,27 +75,24 @@ def _forced(student: Student, prompts: list[list[int]], length: int, temperature
 
 
 def forward_breakdown(student: Student, fn) -> dict:
-    """Run ``fn`` while timing every forward pass of the student's model: prefills (several new tokens
-    per row: openings, then each teacher reply) vs decode steps (one token per row), and how many decode
-    steps ran with fewer than 8 rows left (the ragged tail of a round)."""
+    """Run ``fn`` while timing every forward pass of the student's decoders (``Decoder._forward``, mask included;
+    a hook on the model would switch off the decoder's lean pass): prefills (several new tokens per row:
+    openings, then each teacher reply) vs decode steps (one token per row), and how many decode steps ran with
+    fewer than 8 rows left (the ragged tail of a round)."""
     calls = []
+    forward = Decoder._forward
 
-    def before(module, args, kwargs):
-        shape = tuple(kwargs["input_ids"].shape)  # a call reads a cached past when positions run beyond its width
-        calls.append([shape, time.perf_counter(), int(kwargs["position_ids"].max()) >= shape[1]])
+    def timed(decoder, rows, ids, write):
+        start = time.perf_counter()
+        logits = forward(decoder, rows, ids, write)
+        # a call reads a cached past when positions run beyond its width
+        calls.append([tuple(ids.shape), time.perf_counter() - start, int(write.max()) >= ids.shape[1]])
+        return logits
 
-    def after(module, args, kwargs, output):
-        calls[-1][1] = time.perf_counter() - calls[-1][1]
-
-    hooks = [student.model.register_forward_pre_hook(before, with_kwargs=True),
-             student.model.register_forward_hook(after, with_kwargs=True)]
-    try:
+    with mock.patch.object(Decoder, "_forward", timed):
         start = time.perf_counter()
         fn()
         total = time.perf_counter() - start
-    finally:
-        for hook in hooks:
-            hook.remove()
     prefill = [c for c in calls if c[0][1] > 1]
     decode = [c for c in calls if c[0][1] == 1]
     replies = [c for c in prefill if c[2]]  # prefills on top of a past: the teacher's replies
@@ -220,6 +220,7 @@ def bench(student: Student, tasks, n_dialogues: int = 64, turns: int = 4, max_ne
                       "naive_dialogues": len(tasks[:naive_dialogues]), "raw_tokens_per_turn": per_turn,
                       "max_new_tokens": max_new_tokens, "temperature": temperature, "repeats": repeats,
                       "attention": student.attention,
+                      "forward": "model's own" if decoding.lean_forward(student.model) is None else "lean",
                       "device": str(student.device), "torch_threads": torch.get_num_threads(),
                       "parameters": sum(p.numel() for p in student.model.parameters()),
                       "machine": platform.machine(), "python": platform.python_version()}}
@@ -243,7 +244,6 @@ def grpo_vs_trl(student: Student, tasks, *, steps: int = 4, tasks_per_step: int 
     pass ``micro_batch`` conversations through each forward/backward (0: the whole step at once)."""
     import copy
     import tempfile
-    from unittest import mock
 
     import datasets
     from trl import GRPOTrainer
@@ -301,6 +301,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--attention", choices=ATTENTION, default=Student.attention,
                         help="how the engine's decoder runs attention (sml.dialogue.decoding)")
+    parser.add_argument("--forward", choices=("lean", "model"), default="lean",
+                        help="the decoder's forward pass: its lean replay where it applies, or the model's own")
     parser.add_argument("--out", default="metrics/bench.json")
     parser.add_argument("--settings", default="params.yaml", help="the pipeline's settings: the teacher as the "
                         "pipeline builds it (teacher section; scripted only)")
@@ -319,12 +321,14 @@ def main(argv=None) -> dict:
     student = Student.load(args.model, dtype="float32")
     student.attention = args.attention
     tasks = load_tasks(args.tasks, args.source, "eval")
-    result = bench(student, tasks, args.dialogues, args.turns, args.max_new_tokens, repeats=args.repeats,
-                   naive_dialogues=args.naive_dialogues, batch_size=args.batch_size, teacher=teacher)
-    if args.grpo_steps:
-        result.update(grpo_vs_trl(student, load_tasks(args.tasks, args.source, "train"), steps=args.grpo_steps,
-                                  turns=args.turns, max_new_tokens=args.max_new_tokens,
-                                  micro_batch=micro_batch, teacher=teacher))
+    own = mock.patch.object(decoding, "lean_forward", lambda model: None)  # the decoders call the model itself
+    with own if args.forward == "model" else contextlib.nullcontext():
+        result = bench(student, tasks, args.dialogues, args.turns, args.max_new_tokens, repeats=args.repeats,
+                       naive_dialogues=args.naive_dialogues, batch_size=args.batch_size, teacher=teacher)
+        if args.grpo_steps:
+            result.update(grpo_vs_trl(student, load_tasks(args.tasks, args.source, "train"), steps=args.grpo_steps,
+                                      turns=args.turns, max_new_tokens=args.max_new_tokens,
+                                      micro_batch=micro_batch, teacher=teacher))
     return report(result, args.out)
 
 

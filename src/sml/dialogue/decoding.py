@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from transformers import AttentionInterface, Cache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from sml.dialogue.lean_forward import lean_forward
+
 ATTENTION = ("dense", "by_rows")
 # What one more attention call costs, in key columns read by one row (a decode step; a prefill's row reads
 # them once per new token): rough, from this CPU's SDPA calls, ~25 us a call against ~0.04 us a column.
@@ -78,7 +80,10 @@ class Decoder:
 
     Randomness: a turn draws ``max_new_tokens`` uniforms from its conversation's own ``stream`` (a
     ``torch.Generator``; None: torch's global one) when it is queued, and samples token k from uniform k, so
-    the numbers a conversation draws do not depend on what else shares the batch."""
+    the numbers a conversation draws do not depend on what else shares the batch.
+
+    Forward passes go through ``lean_forward``'s replay of the model where it applies (the same numbers, less
+    Python a pass: most of a small model's decode step), else through the model itself."""
 
     def __init__(self, model, eos_id: int, pad_id: int, slots: int, max_new_tokens: int, temperature: float,
                  top_p: float, reuse: bool = True, attention: str = "dense"):
@@ -88,6 +93,7 @@ class Decoder:
         self.max_new_tokens, self.temperature, self.top_p, self.reuse = max_new_tokens, temperature, top_p, reuse
         self.refill_at = max(1, slots // 8)
         self.device, self.dtype = next(model.parameters()).device, next(model.parameters()).dtype
+        self.lean = lean_forward(model)  # None: the model's own forward (the same numbers, more Python a pass)
         self.cache = Slots(slots)
         self.ids: list[list[int]] = [[] for _ in range(slots)]  # the tokens each slot's cache holds
         self.owner: list[object] = [None] * slots
@@ -229,6 +235,11 @@ class Decoder:
                       past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         groups = [] if self.attention == "dense" else row_groups((write.max(1).values + 1).tolist(),
                                                                   CALL_COLUMNS / ids.shape[1])
+        if self.lean is not None:
+            runs = groups if len(groups) > 1 else None
+            attend = lambda module, *qkv_mask: _sdpa_by_rows(module, *qkv_mask, scaling=module.scaling, dropout=0.0,
+                                                             sml_row_runs=runs)
+            return self.lean(inputs["input_ids"], inputs["attention_mask"], write, self.cache, attend)
         if len(groups) < 2:  # one call either way: transformers' own attention
             return self.model(**inputs).logits[:, -1]
         config = self.model.config
