@@ -87,6 +87,10 @@ def test_the_lean_pass_is_used_only_where_it_computes_what_the_model_does(tok):
     model.train()
     assert lean_forward(model) is None  # dropout, and weights that change under it
     model.eval()
+    cls = type(model)
+    model.__class__ = type(cls.__name__, (cls,), {})  # the same name, other code (e.g. a hub model's own)
+    assert lean_forward(model) is None
+    model.__class__ = cls
     model.config._attn_implementation = "eager"
     assert lean_forward(model) is None
     model.config._attn_implementation = "sdpa"

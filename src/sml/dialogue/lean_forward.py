@@ -29,22 +29,20 @@ REPLAYED = ("Qwen2ForCausalLM", "LlamaForCausalLM")
 def lean_forward(model) -> LeanForward | None:
     """A ``LeanForward`` for ``model``, or None where it would not compute what the model's own forward does."""
     config = getattr(model, "config", None)
-    if type(model).__name__ not in REPLAYED or config is None or model.training:
-        return None
+    kind = type(model)
+    if kind.__name__ not in REPLAYED or not kind.__module__.startswith("transformers.models.") or config is None:
+        return None  # (a model's own code under a replayed name, e.g. a hub model's remote code, is not replayed)
     if getattr(config, "_attn_implementation", None) != "sdpa" or getattr(model, "use_kernels", False):
         return None
-    if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
+    if any(layer != "full_attention" for layer in getattr(config, "layer_types", None) or ()):
         return None
     for module in model.modules():
-        patched = "forward" in module.__dict__
-        if patched or module._forward_hooks or module._forward_pre_hooks:
-            return None
-        if isinstance(module, nn.Linear) and type(module) is not nn.Linear:
+        if module.training or "forward" in module.__dict__ or module._forward_hooks or module._forward_pre_hooks:
             return None
     linears = [m for layer in model.model.layers for m in (layer.self_attn.q_proj, layer.self_attn.k_proj,
                layer.self_attn.v_proj, layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj,
                layer.mlp.down_proj)] + [model.lm_head]
-    if any(type(m) is not nn.Linear for m in linears):
+    if any(type(m) is not nn.Linear for m in linears):  # a LoRA layer left unmerged, a quantised one
         return None
     return LeanForward(model)
 
@@ -57,7 +55,7 @@ class LeanForward:
     def __init__(self, model):
         inner = model.model
         self.embed, self.rotary, self.norm = inner.embed_tokens, inner.rotary_emb, inner.norm.forward
-        self.head = model.lm_head.weight
+        self.head = model.lm_head.weight, model.lm_head.bias
         # the rotary function of the model's own modelling module, which its attention calls
         self.rotate = sys.modules[type(inner.layers[0].self_attn).__module__].apply_rotary_pos_emb
         self.layers = [_Layer(layer) for layer in inner.layers]
@@ -68,7 +66,7 @@ class LeanForward:
         cos, sin = self.rotary(hidden, positions)
         for index, layer in enumerate(self.layers):
             hidden = layer(hidden, cos, sin, mask, cache, index, attend, self.rotate)
-        return F.linear(self.norm(hidden)[:, -1:], self.head)[:, -1]
+        return F.linear(self.norm(hidden)[:, -1:], *self.head)[:, -1]
 
 
 class _Layer:
