@@ -92,7 +92,8 @@ class Decoder:
         self.model, self.eos_id, self.pad_id, self.attention = model, eos_id, pad_id, attention
         self.max_new_tokens, self.temperature, self.top_p, self.reuse = max_new_tokens, temperature, top_p, reuse
         self.refill_at = max(1, slots // 8)
-        self.device, self.dtype = next(model.parameters()).device, next(model.parameters()).dtype
+        weight = next(model.parameters())
+        self.device, self.dtype = weight.device, weight.dtype
         self.lean = lean_forward(model)  # None: the model's own forward (the same numbers, more Python a pass)
         self.cache = Slots(slots)
         self.ids: list[list[int]] = [[] for _ in range(slots)]  # the tokens each slot's cache holds
@@ -231,21 +232,22 @@ class Decoder:
         visible = torch.arange(self.cache.width, device=self.device) <= write[:, :, None]
         # additive (0 / -inf) in the model's dtype, made once: given a boolean mask, SDPA converts it in every layer
         mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device).masked_fill_(~visible, float("-inf"))
-        inputs = dict(input_ids=ids.to(self.device), attention_mask=mask[:, None], position_ids=write,
-                      past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        ids, mask = ids.to(self.device), mask[:, None]
         groups = [] if self.attention == "dense" else row_groups((write.max(1).values + 1).tolist(),
                                                                   CALL_COLUMNS / ids.shape[1])
+        runs = groups if len(groups) > 1 else None  # one run: one call either way, transformers' own attention
         if self.lean is not None:
-            runs = groups if len(groups) > 1 else None
             attend = lambda module, *qkv_mask: _sdpa_by_rows(module, *qkv_mask, scaling=module.scaling, dropout=0.0,
                                                              sml_row_runs=runs)
-            return self.lean(inputs["input_ids"], inputs["attention_mask"], write, self.cache, attend)
-        if len(groups) < 2:  # one call either way: transformers' own attention
+            return self.lean(ids, mask, write, self.cache, attend)
+        inputs = dict(input_ids=ids, attention_mask=mask, position_ids=write, past_key_values=self.cache,
+                      use_cache=True, logits_to_keep=1)
+        if runs is None:
             return self.model(**inputs).logits[:, -1]
         config = self.model.config
         default, config._attn_implementation = config._attn_implementation, "sml_by_rows"
         try:
-            return self.model(**inputs, sml_row_runs=groups).logits[:, -1]
+            return self.model(**inputs, sml_row_runs=runs).logits[:, -1]
         finally:
             config._attn_implementation = default
 

@@ -57,38 +57,38 @@ class LeanForward:
         self.embed, self.rotary, self.norm = inner.embed_tokens, inner.rotary_emb, inner.norm.forward
         self.head = model.lm_head.weight, model.lm_head.bias
         # the rotary function of the model's own modelling module, which its attention calls
-        self.rotate = sys.modules[type(inner.layers[0].self_attn).__module__].apply_rotary_pos_emb
-        self.layers = [_Layer(layer) for layer in inner.layers]
+        rotate = sys.modules[type(inner.layers[0].self_attn).__module__].apply_rotary_pos_emb
+        self.layers = [_Layer(layer, rotate) for layer in inner.layers]
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache,
                  attend: Callable) -> torch.Tensor:
         hidden = self.embed(ids)
         cos, sin = self.rotary(hidden, positions)
         for index, layer in enumerate(self.layers):
-            hidden = layer(hidden, cos, sin, mask, cache, index, attend, self.rotate)
+            hidden = layer(hidden, cos, sin, mask, cache, index, attend)
         return F.linear(self.norm(hidden)[:, -1:], *self.head)[:, -1]
 
 
 class _Layer:
     """One decoder layer's weights and norms, looked up once (a module attribute costs a dictionary walk)."""
 
-    def __init__(self, layer):
+    def __init__(self, layer, rotate: Callable):
         a, mlp = layer.self_attn, layer.mlp
-        self.attention = a
+        self.attention, self.rotate = a, rotate
         self.head_dim = a.head_dim
         self.q, self.k, self.v, self.o = ((p.weight, p.bias) for p in (a.q_proj, a.k_proj, a.v_proj, a.o_proj))
         self.gate, self.up, self.down = ((p.weight, p.bias) for p in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
         self.act = mlp.act_fn.forward
         self.norm_in, self.norm_out = layer.input_layernorm.forward, layer.post_attention_layernorm.forward
 
-    def __call__(self, hidden, cos, sin, mask, cache, index, attend, rotate):
+    def __call__(self, hidden, cos, sin, mask, cache, index, attend):
         rows, tokens = hidden.shape[:2]
         heads = (rows, tokens, -1, self.head_dim)
         x = self.norm_in(hidden)
         query = F.linear(x, *self.q).view(heads).transpose(1, 2)
         key = F.linear(x, *self.k).view(heads).transpose(1, 2)
         value = F.linear(x, *self.v).view(heads).transpose(1, 2)
-        query, key = rotate(query, key, cos, sin)
+        query, key = self.rotate(query, key, cos, sin)
         key, value = cache.update(key, value, index)
         out, _ = attend(self.attention, query, key, value, mask)
         hidden = hidden + F.linear(out.reshape(rows, tokens, -1).contiguous(), *self.o)
