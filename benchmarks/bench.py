@@ -28,7 +28,8 @@ seconds the bound needs for the engine's tokens over the seconds the engine took
 repetition's engine run, raw run and raw prefill, median over repetitions (``engine_vs_bound_runs``: each).
 
 ``grpo_vs_trl_single_turn`` (``grpo_vs_trl``): seconds per step of our multi-turn GRPO over TRL's own
-single-turn ``GRPOTrainer`` generating as many student tokens per conversation.
+single-turn ``GRPOTrainer`` generating as many student tokens per conversation; per repetition from that
+repetition's two runs, median over repetitions (``grpo_vs_trl_runs``: each).
 """
 
 from __future__ import annotations
@@ -235,13 +236,15 @@ def _step_seconds(history: list[dict]) -> float:
 
 def grpo_vs_trl(student: Student, tasks, *, steps: int = 4, tasks_per_step: int = 4, group_size: int = 8,
                 turns: int = 4, max_new_tokens: int = 64, micro_batch: int = 0,
-                teacher: ScriptedTeacher | None = None) -> dict:
+                teacher: ScriptedTeacher | None = None, repeats: int = 1) -> dict:
     """Seconds per step of our multi-turn GRPO (``grpo.train``: engine rollouts with the scripted teacher) over
     TRL's own single-turn ``GRPOTrainer`` generating as many tokens per conversation as our student did (each
     completion forced to that length with ``min_new_tokens``), each on a copy of the student with a fresh LoRA
     adapter (r=16), one after the other in this process; median over steps. TRL's reward is a constant (only cost
     is measured). Our step also trains on the teacher's tokens in the conversation (masked from the loss). Both
-    pass ``micro_batch`` conversations through each forward/backward (0: the whole step at once)."""
+    pass ``micro_batch`` conversations through each forward/backward (0: the whole step at once). Each of
+    ``repeats`` repetitions runs both, right after each other, and gives one ratio; the result is their median
+    (a slow spell of the shared machine then weighs on both sides of a ratio, not on one side of the median)."""
     import copy
     import tempfile
 
@@ -250,41 +253,50 @@ def grpo_vs_trl(student: Student, tasks, *, steps: int = 4, tasks_per_step: int 
 
     from sml.train import grpo, sft
 
+    if repeats < 1:
+        raise ValueError(f"grpo_vs_trl: repeats must be at least 1, got {repeats}")
     tasks = list(tasks)
     finetune = settings.Finetune(lora_r=16, lora_alpha=32, lora_dropout=0.0, epochs=1.0, batch_size=1, lr=1e-5)
     online = settings.OnlineSML(init="base", n_tasks=len(tasks), steps=steps, tasks_per_step=tasks_per_step,
                                 group_size=group_size, lr=1e-5, credit="conversation", beta=0.0, micro_batch=micro_batch)
     generation = settings.Generation(grpo="engine", vllm_mode="colocate", vllm_server_url="", vllm_gpu_memory=0.3,
                                      eval="local", eval_base_url="", eval_api_key_env="OPENAI_API_KEY")
-    sampled = []  # tokens our student sampled per conversation (its end-of-turn tokens included), per rollout
-
-    def counted(*args, **kwargs):
-        dialogues = run_dialogues(*args, **kwargs)
-        sampled.append(sum(len(ids) + 1 for d in dialogues for ids in d.student_ids) / len(dialogues))
-        return dialogues
-
-    ours = sft.add_adapter(copy.deepcopy(student.model), finetune, seed=0)
-    with tempfile.TemporaryDirectory() as out_dir, mock.patch.object(grpo, "run_dialogues", counted):
-        history = grpo.train(ours, student.tokenizer, tasks, teacher or ScriptedTeacher(), out_dir, online,
-                             engine_settings(max_new_tokens, 1.0, 64), generation, seed=0, max_turns=turns)
-    length = max(1, round(statistics.mean(sampled)))
-    theirs = sft.add_adapter(copy.deepcopy(student.model), finetune, seed=0)
     prompts = datasets.Dataset.from_dict({"prompt": [[{"role": "user", "content": t["prompt"]}] for t in tasks]})
-    with tempfile.TemporaryDirectory() as out_dir:
-        config = grpo.grpo_config(out_dir, online, seed=0)
-        config.max_completion_length, config.generation_kwargs = length, {"min_new_tokens": length}
-        trainer = GRPOTrainer(model=theirs, reward_funcs=lambda completions, **kw: [0.0] * len(completions),
-                              args=config, processing_class=student.tokenizer, train_dataset=prompts)
-        trainer.train()
-    ours_s, trl_s = _step_seconds(history), _step_seconds(trainer.state.log_history)
-    return {"grpo_vs_trl_single_turn": round(ours_s / trl_s, 3),
-            "grpo": {"ours_s_per_step": round(ours_s, 3), "trl_single_turn_s_per_step": round(trl_s, 3),
-                     "sampled_tokens_per_conversation": length,
-                     "trl_completion_tokens": statistics.mean(h["completions/mean_length"] for h in
-                                                              trainer.state.log_history
-                                                              if "completions/mean_length" in h),
+
+    def once() -> tuple[float, float, int, float]:
+        """One repetition: our seconds per step, TRL's, our sampled tokens per conversation, TRL's."""
+        sampled = []  # tokens our student sampled per conversation (its end-of-turn tokens included), per rollout
+
+        def counted(*args, **kwargs):
+            dialogues = run_dialogues(*args, **kwargs)
+            sampled.append(sum(len(ids) + 1 for d in dialogues for ids in d.student_ids) / len(dialogues))
+            return dialogues
+
+        ours = sft.add_adapter(copy.deepcopy(student.model), finetune, seed=0)
+        with tempfile.TemporaryDirectory() as out_dir, mock.patch.object(grpo, "run_dialogues", counted):
+            history = grpo.train(ours, student.tokenizer, tasks, teacher or ScriptedTeacher(), out_dir, online,
+                                 engine_settings(max_new_tokens, 1.0, 64), generation, seed=0, max_turns=turns)
+        length = max(1, round(statistics.mean(sampled)))
+        theirs = sft.add_adapter(copy.deepcopy(student.model), finetune, seed=0)
+        with tempfile.TemporaryDirectory() as out_dir:
+            config = grpo.grpo_config(out_dir, online, seed=0)
+            config.max_completion_length, config.generation_kwargs = length, {"min_new_tokens": length}
+            trainer = GRPOTrainer(model=theirs, reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+                                  args=config, processing_class=student.tokenizer, train_dataset=prompts)
+            trainer.train()
+        log = trainer.state.log_history
+        return (_step_seconds(history), _step_seconds(log), length,
+                statistics.mean(h["completions/mean_length"] for h in log if "completions/mean_length" in h))
+
+    runs = [once() for _ in range(repeats)]
+    ratios = [round(ours_s / trl_s, 3) for ours_s, trl_s, *_ in runs]
+    return {"grpo_vs_trl_single_turn": statistics.median(ratios), "grpo_vs_trl_runs": ratios,
+            "grpo": {"ours_s_per_step": round(statistics.median(r[0] for r in runs), 3),
+                     "trl_single_turn_s_per_step": round(statistics.median(r[1] for r in runs), 3),
+                     "runs_s_per_step": [[round(r[0], 3), round(r[1], 3)] for r in runs],
+                     "sampled_tokens_per_conversation": runs[-1][2], "trl_completion_tokens": runs[-1][3],
                      "steps": steps, "tasks_per_step": tasks_per_step, "group_size": group_size, "turns": turns,
-                     "max_new_tokens": max_new_tokens, "lora_r": 16, "micro_batch": micro_batch}}
+                     "max_new_tokens": max_new_tokens, "lora_r": 16, "micro_batch": micro_batch, "repeats": repeats}}
 
 
 def main(argv=None) -> dict:
@@ -328,7 +340,7 @@ def main(argv=None) -> dict:
         if args.grpo_steps:
             result.update(grpo_vs_trl(student, load_tasks(args.tasks, args.source, "train"), steps=args.grpo_steps,
                                       turns=args.turns, max_new_tokens=args.max_new_tokens,
-                                      micro_batch=micro_batch, teacher=teacher))
+                                      micro_batch=micro_batch, teacher=teacher, repeats=args.repeats))
     return report(result, args.out)
 
 

@@ -116,13 +116,18 @@ def test_digest_tells_the_same_dialogues_from_changed_ones(student):
 
 def test_grpo_vs_trl_compares_steps_at_equal_completion_tokens(student):
     out = bench.grpo_vs_trl(student, toy_math.generate(4, 6), steps=2, tasks_per_step=2, group_size=2, turns=2,
-                            max_new_tokens=6)
+                            max_new_tokens=6, repeats=3)
     grpo = out["grpo"]
-    # (the seconds per step are rounded to milliseconds, which are few here)
-    assert out["grpo_vs_trl_single_turn"] == pytest.approx(grpo["ours_s_per_step"] / grpo["trl_single_turn_s_per_step"],
-                                                           rel=0.1)
+    # one ratio per repetition, each of that repetition's two runs (seconds per step rounded to milliseconds,
+    # which are few here), and their median
+    assert len(out["grpo_vs_trl_runs"]) == len(grpo["runs_s_per_step"]) == 3
+    for ratio, (ours_s, trl_s) in zip(out["grpo_vs_trl_runs"], grpo["runs_s_per_step"]):
+        assert ratio == pytest.approx(ours_s / trl_s, rel=0.1)
+    assert out["grpo_vs_trl_single_turn"] == sorted(out["grpo_vs_trl_runs"])[1]
     # TRL's single-turn completions are forced to the length our student sampled per conversation
     assert grpo["trl_completion_tokens"] == grpo["sampled_tokens_per_conversation"] > 0
+    with pytest.raises(ValueError, match="repeats"):
+        bench.grpo_vs_trl(student, toy_math.generate(4, 6), repeats=0)
 
 
 def test_the_thread_benchmark_compares_both_layouts_on_the_same_work(tmp_path):

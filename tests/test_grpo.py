@@ -168,6 +168,10 @@ def test_rollouts_sample_from_the_adapter_being_trained(tok):
     prompts = [t["prompt"] for t in tasks]
     out = rollout(prompts, trainer)
     assert out == rollout(prompts, trainer)  # same step, same seed: the same conversations
+    # the rollout keeps its merged copy from training's rollout and brings it up to date: it samples as a new copy
+    fresh = grpo.make_rollout_func(tasks, ScriptedTeacher(), sections.dialogue(max_new_tokens=8, temperature=2.0),
+                                   max_turns=2)
+    assert out == fresh(prompts, trainer)
     as_base = rollout(prompts, SimpleNamespace(model=base, processing_class=tok, args=trainer.args, state=trainer.state,
                                                accelerator=trainer.accelerator))
     assert as_base["completion_ids"] != out["completion_ids"]  # so sampling went through the adapter

@@ -133,6 +133,32 @@ def test_merged_inference_copy_samples_like_the_adapter(tok):
     assert any("lora_B" in n for n, _ in model.named_parameters())  # the trainable adapter is untouched
 
 
+def test_a_kept_inference_copy_is_brought_up_to_date_bit_for_bit(tok):
+    model = sft.add_adapter(tiny_model(tok), sections.finetune(lora_r=4, lora_alpha=8), seed=0)
+    lora = [p for name, p in model.named_parameters() if "lora_" in name]
+    kept = sft.inference_copy(model)
+    for round_ in range(2):  # the adapter moves (as a training step moves it); the kept copy follows
+        with torch.no_grad():
+            for p in lora:
+                p.add_(torch.randn_like(p) * 0.3)
+        assert sft.inference_copy(model, into=kept) is kept
+        fresh = sft.inference_copy(model)
+        assert fresh is not kept
+        assert kept.state_dict().keys() == fresh.state_dict().keys()
+        assert all(torch.equal(p, fresh.state_dict()[name]) for name, p in kept.state_dict().items())
+    assert any(not torch.equal(p, q) for p, q in zip(kept.parameters(), tiny_model(tok).parameters()))
+
+
+def test_a_kept_inference_copy_is_not_reused_when_more_than_lora_trains(tok):
+    model = sft.add_adapter(tiny_model(tok), sections.finetune(lora_r=4, lora_alpha=8), seed=0)
+    kept = sft.inference_copy(model)
+    before = {name: p.clone() for name, p in kept.state_dict().items()}
+    norm = next(p for name, p in model.named_parameters() if "norm" in name)
+    norm.requires_grad_(True)  # a weight the refresh would not carry over
+    assert sft.inference_copy(model, into=kept) is not kept
+    assert all(torch.equal(p, before[name]) for name, p in kept.state_dict().items())  # left as it was
+
+
 def test_a_saved_student_encodes_text_like_the_tokenizer_it_was_trained_with(tok, tmp_path):
     """transformers 5 would reload our BPE as a Qwen2 tokenizer (the model type) with another whitespace
     split; SFT data encoded that way taught the student token sequences it never produced."""

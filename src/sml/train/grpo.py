@@ -182,10 +182,13 @@ def make_rollout_func(tasks: list[dict], teacher, dialogue: settings.Dialogue, *
     student turns, sampled as ``dialogue`` says) with the trainer's current model (the adapter being
     trained) as the student. ``prompts`` are the dataset's prompts (``task[prompt_key]``), each mapped back
     to its task. ``merge`` samples from a copy with the adapter merged in (the same function, faster:
-    LoRA's extra matmuls cost more than a tiny model's own)."""
+    LoRA's extra matmuls cost more than a tiny model's own). The copy is kept between rollouts and brought
+    up to date in place, so one more copy of the weights stays in memory throughout training."""
     by_prompt = {t[prompt_key]: t for t in tasks}
+    kept = None  # (the trained model, its merged copy)
 
     def rollout(prompts, trainer) -> dict:
+        nonlocal kept
         unknown = [p for p in prompts if _text(p) not in by_prompt]
         if unknown:
             raise KeyError(f"rollout_func: {len(unknown)} prompt(s) match no task, e.g. {_text(unknown[0])[:80]!r}")
@@ -193,8 +196,11 @@ def make_rollout_func(tasks: list[dict], teacher, dialogue: settings.Dialogue, *
         was_training = model.training
         if getattr(trainer, "use_vllm", False):
             student = VLLMStudent(trainer.vllm_generation, trainer.processing_class)
+        elif merge:
+            kept = model, inference_copy(model, into=kept[1] if kept and kept[0] is model else None)
+            student = Student(kept[1], trainer.processing_class)
         else:
-            student = Student(inference_copy(model) if merge else model, trainer.processing_class)
+            student = Student(model, trainer.processing_class)
         dialogues = run_dialogues([by_prompt[_text(p)] for p in prompts], student, teacher, dialogue,
                                   max_turns=max_turns, seed=1_000_003 * trainer.args.seed + trainer.state.global_step,
                                   progress=False)

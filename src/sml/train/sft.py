@@ -89,17 +89,51 @@ def add_adapter(model, finetune: settings.Finetune, seed: int) -> PeftModel:
     return get_peft_model(model, config)
 
 
-def inference_copy(model):
+def inference_copy(model, into=None):
     """A plain model with the adapter merged in, for fast sampling (LoRA's extra matmuls cost more than
-    the tiny base model's own); the trainable adapter is left untouched."""
+    the tiny base model's own); the trainable adapter is left untouched. ``into``: a copy this function made
+    of ``model`` before, brought up to date in place and returned (``merge_into``) instead of copying the
+    whole model again; a new copy where that cannot be vouched for."""
     if not isinstance(model, PeftModel):
         return model
+    if into is not None and merge_into(into, model):
+        return into
     merged = copy.deepcopy(model).merge_and_unload()
     for module in merged.modules():
         # TRL patches the live model's ``forward`` with a closure over the original module; a deep copy
         # keeps that closure, so the copy would silently run the unmerged live model instead of itself.
         module.__dict__.pop("forward", None)
     return merged
+
+
+def merge_into(merged, model: PeftModel) -> bool:
+    """Set each adapted layer's weight in ``merged`` (an ``inference_copy`` of ``model``) to its base weight plus
+    the adapter's delta as it is now: PEFT's own ``get_delta_weight``, added as its merge adds it, so the weights
+    are those a fresh ``merge_and_unload`` gives, bit for bit. Only for plain LoRA on linear layers whose
+    trainable weights are all LoRA's (nothing else can have moved since the copy); False, leaving ``merged``
+    as it was, for anything else."""
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora.layer import LoraLayer
+
+    if not all(".lora_A." in name or ".lora_B." in name for name, p in model.named_parameters() if p.requires_grad):
+        return False
+    targets, updates = dict(merged.named_modules()), []
+    for name, layer in model.named_modules():
+        if not isinstance(layer, LoraLayer):
+            continue
+        adapters = layer.active_adapters
+        target = targets.get(name.removeprefix("base_model.model."))
+        base = layer.get_base_layer()
+        if (type(layer) is not LoraLinear or layer.merged or len(adapters) != 1 or adapters[0] in layer.lora_variant
+                or layer.lora_bias[adapters[0]] or type(target) is not torch.nn.Linear
+                or target.weight.shape != base.weight.shape or target.weight.dtype != base.weight.dtype):
+            return False
+        updates.append((target.weight, base.weight, layer, adapters[0]))
+    with torch.no_grad():
+        for weight, base_weight, layer, adapter in updates:
+            weight.copy_(base_weight)
+            weight += layer.get_delta_weight(adapter)
+    return True
 
 
 def trained(model) -> bool:
