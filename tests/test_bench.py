@@ -76,13 +76,15 @@ def student():
     return Student(tiny_model(tok), tok, device="cpu")
 
 
-def test_engine_vs_bound_is_the_median_of_its_repetitions(student):
+def test_engine_vs_bound_and_ratio_vs_naive_are_medians_of_their_repetitions(student):
     out = bench.bench(student, toy_math.generate(6, 5), n_dialogues=6, turns=2, max_new_tokens=6, repeats=3,
                       naive_dialogues=2)
     runs = out["engine_vs_bound_runs"]
     assert len(runs) == 3 and all(r is None or r > 0 for r in runs)
     measured = [r for r in runs if r is not None]
     assert out["engine_vs_bound"] == (statistics.median(measured) if measured else None)
+    naive = out["ratio_vs_naive_runs"]  # each repetition's engine over its own naive loop
+    assert len(naive) == 3 and all(r > 0 for r in naive) and out["ratio_vs_naive"] == statistics.median(naive)
     for key in ("engine_tokens_per_s", "raw_generate_tokens_per_s", "naive_tokens_per_s", "ratio_vs_raw",
                 "ratio_vs_naive", "ratio_vs_raw_bound", "engine_breakdown"):
         assert key in out
